@@ -1,0 +1,1 @@
+"""ChEX model, CLI and shared utilities."""

@@ -1,0 +1,1 @@
+"""Cluster and environment helpers."""

@@ -1,0 +1,50 @@
+"""Typed configs from YAML: dataclasses are the schema, unknown keys are errors, not silently ignored."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit its dataclass (message names the offending key)."""
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        nested = next((t for t in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(t)), None)
+        if nested is not None and isinstance(value, dict):
+            value = from_dict(nested, value, f"{where}{key}.")
+        elif hint in (int, float, bool, str) and not isinstance(value, hint):
+            if hint is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            else:
+                raise ConfigError(f"{where}{key}: expected {hint.__name__}, got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_config(cls: type[T], path: Path | None) -> T:
+    """The dataclass defaults, overlaid with the YAML file when one is given."""
+    if path is None:
+        return cls()
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    return from_dict(cls, data)
+

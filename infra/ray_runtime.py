@@ -1,0 +1,17 @@
+"""Connecting to Ray: reuse a running session (tests, notebooks), a cluster by address, or start a local one."""
+from __future__ import annotations
+
+import os
+
+import ray
+
+
+def init_ray(address: str | None = None) -> None:
+    """Local Ray with the machine's CPUs by default; `address` ("auto" or host:port) joins a cluster."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=os.cpu_count(), log_to_driver=False)

@@ -1,0 +1,1 @@
+"""Ray jobs of the pipeline (ingestion, later training and evaluation)."""

@@ -1,0 +1,201 @@
+"""`chex ingest`: raw datasets -> Parquet tables, a rejects table and manifest.json, as one Ray Data job.
+
+Readers parse the tables on the driver into RawRecords; a Ray Data pipeline decodes, resizes and annotates the
+images in parallel tasks and writes hive-partitioned Parquet (source=/split=). Rejects and per-row content
+digests flow to a small ledger actor, so the tables keep their exact schema and the manifest can digest them
+without reading the images back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import ray
+
+from infra.ray_runtime import init_ray
+from pipelines import manifest as mf
+from pipelines.ingest_config import IngestConfig
+from pipelines.process import process_record, read_reports, row_digest
+from pipelines.schema import PARTITION_COLUMNS, REJECT_SCHEMA, SCHEMA, SCHEMA_VERSION
+from preprocessing.chest_imagenome import index_scene_graphs
+from preprocessing.mimic_cxr import frontal_dicom_ids, read_mimic_cxr
+from preprocessing.ms_cxr import read_ms_cxr
+from preprocessing.nih_cxr import read_nih
+from preprocessing.records import RawRecord, Reject
+from preprocessing.vindr_cxr import read_vindr
+
+log = logging.getLogger(__name__)
+TABLES = "tables"
+REJECTS = "rejects"
+
+
+@ray.remote(num_cpus=0)
+class IngestLedger:
+    """Collects row digests and rejects from the tasks; keyed, so a retried task cannot double-count."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str, str], str] = {}
+        self.rejects: dict[tuple, dict] = {}
+
+    def add(self, digests: list[tuple[str, str, str, str]], rejects: list[dict]) -> None:
+        for source, split, sample_id, digest in digests:
+            self.rows[(source, split, sample_id)] = digest
+        for r in rejects:
+            self.rejects[tuple(r.values())] = r
+
+    def snapshot(self) -> tuple[dict, list[dict]]:
+        return self.rows, list(self.rejects.values())
+
+
+def _process_batch(batch: dict[str, np.ndarray], image_size: int, equalize_dicom: bool, ledger: Any) -> pa.Table:
+    records = [RawRecord.from_json(s) for s in batch["spec"]]
+    sentences, rejects = read_reports(records)
+    rows, digests = [], []
+    for rec, sent in zip(records, sentences, strict=True):
+        row, found = process_record(rec, image_size, equalize_dicom, sent)
+        rejects += found
+        if row is not None:
+            rows.append(row)
+            digests.append((rec.source, rec.split, rec.sample_id, row_digest(row)))
+    ray.get(ledger.add.remote(digests, [asdict(r) for r in rejects]))
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def source_roots(raw: Path, cfg: IngestConfig) -> dict[str, Path]:
+    """Configured roots that exist; a missing root is logged and skipped, never fatal."""
+    roots = {}
+    for name, rel in asdict(cfg.sources).items():
+        if rel is None:
+            continue
+        path = Path(rel) if Path(rel).is_absolute() else raw / rel
+        if path.exists():
+            roots[name] = path
+        else:
+            log.warning("source %s: %s not found, skipped", name, path)
+    return roots
+
+
+def read_sources(raw: Path, roots: dict[str, Path], cfg: IngestConfig) -> tuple[list[RawRecord], list[Reject]]:
+    records: list[RawRecord] = []
+    rejects: list[Reject] = []
+    if "mimic_cxr_jpg" in roots:
+        graphs = index_scene_graphs(roots["chest_imagenome"]) if "chest_imagenome" in roots else None
+        mimic, rej = read_mimic_cxr(roots["mimic_cxr_jpg"], raw, roots.get("mimic_cxr_reports"), graphs)
+        records += mimic
+        rejects += rej
+        if "ms_cxr" in roots:
+            ms, rej = read_ms_cxr(roots["ms_cxr"], raw, frontal_dicom_ids(mimic))
+            records += ms
+            rejects += rej
+    if "vindr_cxr" in roots:
+        vindr, rej = read_vindr(roots["vindr_cxr"], raw, cfg.split_seed)
+        records += vindr
+        rejects += rej
+    if "nih_cxr" in roots:
+        nih, rej = read_nih(roots["nih_cxr"], raw, cfg.split_seed)
+        records += nih
+        rejects += rej
+    return records, rejects
+
+
+def _input_fingerprint(roots: dict[str, Path], raw: Path, cfg: IngestConfig) -> tuple[str, dict[str, list[Path]]]:
+    files = {name: mf.list_files(root) for name, root in roots.items()}
+    parts = {name: mf.stat_fingerprint(fs, roots[name]) for name, fs in files.items()}
+    payload = json.dumps({"schema": SCHEMA_VERSION, "config": asdict(cfg), "roots": {k: str(v) for k, v in roots.items()},
+                          "files": parts}, sort_keys=True)
+    return mf.dataset_digest({"input": payload}), files
+
+
+def run_ingest(raw: Path, out: Path, cfg: IngestConfig, address: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Run the job; returns the manifest. A second run on unchanged input and config is a no-op unless force."""
+    t0 = time.perf_counter()
+    raw, out = raw.resolve(), out.resolve()
+    roots = source_roots(raw, cfg)
+    if not roots:
+        raise FileNotFoundError(f"no configured dataset root exists under {raw}")
+    fingerprint, files = _input_fingerprint(roots, raw, cfg)
+    previous = mf.read_manifest(out)
+    if previous and previous.get("input_fingerprint") == fingerprint and (out / TABLES).is_dir() and not force:
+        log.info("inputs and config unchanged since %s: nothing to do (use --force to rebuild)", previous["created_at"])
+        return {**previous, "skipped": True}
+
+    records, rejects = read_sources(raw, roots, cfg)
+    init_ray(address)
+    ledger = IngestLedger.remote()
+    staging = out / f".{TABLES}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    if records:
+        n_blocks = max(1, min(len(records), int(ray.cluster_resources().get("CPU", 1)) * 4, len(records) // cfg.batch_size + 1))
+        (ray.data.from_items([{"spec": r.to_json()} for r in records], override_num_blocks=n_blocks)
+         .map_batches(_process_batch, batch_size=cfg.batch_size, batch_format="numpy",
+                      fn_kwargs={"image_size": cfg.image_size, "equalize_dicom": cfg.equalize_dicom, "ledger": ledger})
+         .write_parquet(str(staging), partition_cols=list(PARTITION_COLUMNS)))
+    rows, worker_rejects = ray.get(ledger.snapshot.remote())
+    ray.kill(ledger)
+
+    all_rejects = [asdict(r) for r in rejects] + worker_rejects
+    datasets = _summarize(staging, rows)
+    shutil.rmtree(out / TABLES, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if staging.exists():
+        staging.replace(out / TABLES)
+    else:
+        (out / TABLES).mkdir()
+    (out / REJECTS).mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(sorted(all_rejects, key=lambda r: tuple(r.values())), schema=REJECT_SCHEMA),
+                   out / REJECTS / "rejects.parquet")
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "input_fingerprint": fingerprint,
+        "config": dataclasses.asdict(cfg),
+        "code": mf.code_version(Path(__file__).resolve().parents[1]),
+        "raw_inputs": _raw_digests(roots, files, raw, previous),
+        "datasets": datasets,
+        "records_read": len(records),
+        "rejects": {"path": f"{REJECTS}/rejects.parquet", "rows": len(all_rejects),
+                    "by_stage": dict(Counter(r["stage"] for r in all_rejects))},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    mf.write_manifest(out, manifest)
+    return manifest
+
+
+def _summarize(staging: Path, rows: dict[tuple[str, str, str], str]) -> dict[str, Any]:
+    """Rows and digest per source/split, cross-checked against what Parquet actually holds."""
+    groups: dict[str, dict[str, str]] = {}
+    for (source, split, sample_id), digest in rows.items():
+        groups.setdefault(f"{source}/{split}", {})[sample_id] = digest
+    out = {}
+    for key, digests in sorted(groups.items()):
+        source, split = key.split("/")
+        rel = f"{TABLES}/source={source}/split={split}"
+        on_disk = pads.dataset(staging / f"source={source}" / f"split={split}", format="parquet").count_rows()
+        if on_disk != len(digests):
+            raise RuntimeError(f"{rel}: wrote {on_disk} rows but processed {len(digests)}")
+        out[key] = {"path": rel, "rows": on_disk, "digest": mf.dataset_digest(digests)}
+    return out
+
+
+def _raw_digests(roots: dict[str, Path], files: dict[str, list[Path]], raw: Path, previous: dict | None) -> dict:
+    """Content digest per source root, reused from the previous manifest when that root's files are unchanged."""
+    before = (previous or {}).get("raw_inputs", {})
+    out = {}
+    for name, root in roots.items():
+        stat = mf.stat_fingerprint(files[name], root)
+        old = before.get(name, {})
+        digest = old["digest"] if old.get("stat_fingerprint") == stat else mf.content_digest(files[name], root)
+        out[name] = {"root": str(root), "files": len(files[name]), "bytes": sum(p.stat().st_size for p in files[name]),
+                     "stat_fingerprint": stat, "digest": digest}
+    return out

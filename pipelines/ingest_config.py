@@ -1,0 +1,25 @@
+"""What `chex ingest` reads and how it stores images (configs/ingest.yaml holds the same defaults)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SourcePaths:
+    """Dataset roots, relative to --raw or absolute; null (or a missing folder) skips that source."""
+
+    mimic_cxr_jpg: str | None = "mimic-cxr-jpg/2.0.0"
+    mimic_cxr_reports: str | None = "mimic-cxr/2.0.0"
+    chest_imagenome: str | None = "chest-imagenome/1.0.0"
+    ms_cxr: str | None = "ms-cxr"
+    vindr_cxr: str | None = "vindr-cxr/1.0.0"
+    nih_cxr: str | None = "nih-chest-xrays"
+
+
+@dataclass
+class IngestConfig:
+    image_size: int = 512            # stored square side: short side resized to this, then centre crop
+    split_seed: int = 12345          # VinDr test -> val/test and NIH box patients -> val/test
+    equalize_dicom: bool = True      # histogram equalization of DICOMs (the MIMIC JPGs were made that way)
+    batch_size: int = 8              # records per Ray Data batch
+    sources: SourcePaths = field(default_factory=SourcePaths)

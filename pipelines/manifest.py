@@ -1,0 +1,79 @@
+"""Lineage for the ingest output: digests of raw inputs and output tables, row counts, schema version.
+
+Raw inputs get two fingerprints: a cheap one from (path, size, mtime) that decides whether a re-run is a no-op,
+and a sha256 content digest that later stages log as lineage (recomputed only when the cheap one changes).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+CHUNK = 1 << 20
+MANIFEST = "manifest.json"
+
+
+def list_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def stat_fingerprint(files: list[Path], root: Path) -> str:
+    h = hashlib.sha256()
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def content_digest(files: list[Path], root: Path) -> str:
+    """sha256 over (relative path, file sha256) pairs; hashing runs in threads (hashlib releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        digests = list(pool.map(_file_sha256, files))
+    h = hashlib.sha256()
+    for p, d in zip(files, digests, strict=True):
+        h.update(f"{p.relative_to(root).as_posix()}\0{d}\n".encode())
+    return h.hexdigest()
+
+
+def dataset_digest(row_digests: dict[str, str]) -> str:
+    """Order-independent digest of a table: sha256 over its rows' digests sorted by sample_id."""
+    h = hashlib.sha256()
+    for sample_id in sorted(row_digests):
+        h.update(f"{sample_id}\0{row_digests[sample_id]}\n".encode())
+    return h.hexdigest()
+
+
+def code_version(repo: Path) -> dict[str, Any]:
+    """git commit and dirty flag of the code that produced the output (None outside a checkout)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True,
+                                    check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return {"git_commit": None, "git_dirty": None}
+    return {"git_commit": sha, "git_dirty": dirty}
+
+
+def read_manifest(out: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((out / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    tmp = out / f"{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.replace(out / MANIFEST)

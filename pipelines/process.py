@@ -1,0 +1,108 @@
+"""The per-record work of the ingest job: decode + resize the image, carry boxes, parse report and scene graph.
+
+Runs inside Ray Data tasks. Every failure is turned into a Reject with the offending path and a reason; a record
+is only lost when its image cannot be read, and then the rejects table says so.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from preprocessing.box_geometry import box_inside_image, clip_xyxy, xyxy_to_stored_cxcywh
+from preprocessing.chest_imagenome import SceneGraphError, parse_scene_graph, read_scene_graph_bytes
+from preprocessing.image_io import ImageDecodeError, encode_png, load_resized
+from preprocessing.records import PixelBox, RawRecord, Reject
+from preprocessing.sentences import report_sentences_batch
+from preprocessing.vindr_cxr import fuse_boxes
+
+
+def _stored_boxes(rec: RawRecord, boxes: list[PixelBox], w: int, h: int, what: str,
+                  rejects: list[Reject]) -> list[dict[str, Any]]:
+    """Validate, clip and normalize; boxes outside the image or the stored crop become rejects."""
+    valid = []
+    for b in boxes:
+        if box_inside_image(b.x1, b.y1, b.x2, b.y2, w, h):
+            valid.append(b)
+        else:
+            rejects.append(Reject(rec.source, rec.source_path, "box",
+                                  f"{what} box '{b.name}' ({b.x1:.1f}, {b.y1:.1f}, {b.x2:.1f}, {b.y2:.1f}) lies outside "
+                                  f"the {w}x{h} image", rec.sample_id))
+    if not valid:
+        return []
+    xyxy = clip_xyxy(np.array([[b.x1, b.y1, b.x2, b.y2] for b in valid], dtype=np.float64), w, h)
+    stored, keep = xyxy_to_stored_cxcywh(xyxy, w, h)
+    out = []
+    for b, (cx, cy, bw, bh), k in zip(valid, stored.tolist(), keep.tolist(), strict=True):
+        if k:
+            out.append({"name": b.name, "cx": cx, "cy": cy, "w": bw, "h": bh})
+        else:
+            rejects.append(Reject(rec.source, rec.source_path, "box",
+                                  f"{what} box '{b.name}' falls outside the stored centre crop", rec.sample_id))
+    return out
+
+
+def process_record(rec: RawRecord, image_size: int, equalize_dicom: bool, sentences: list[str] | None,
+                   ) -> tuple[dict[str, Any] | None, list[Reject]]:
+    """One output row (or None when the image is unreadable) and the rejects found on the way."""
+    rejects: list[Reject] = []
+    try:
+        pixels, w, h = load_resized(Path(rec.image_path), image_size, equalize_dicom=equalize_dicom)
+    except (ImageDecodeError, OSError) as exc:
+        return None, [Reject(rec.source, rec.source_path, "image", str(exc), rec.sample_id)]
+    boxes = fuse_boxes(rec.boxes, w, h) if rec.fuse_boxes else rec.boxes
+    row: dict[str, Any] = {
+        "source": rec.source, "split": rec.split, "sample_id": rec.sample_id, "image_id": rec.image_id,
+        "patient_id": rec.patient_id, "study_id": rec.study_id, "view_position": rec.view_position,
+        "source_path": rec.source_path, "orig_width": w, "orig_height": h, "image_size": image_size,
+        "image_png": encode_png(pixels), "boxes": _stored_boxes(rec, boxes, w, h, "finding", rejects),
+        "labels": [{"name": k, "value": v} for k, v in sorted(rec.labels.items())],
+        "report_sentences": sentences or [], "region_boxes": [], "region_labels": [], "region_phrases": [],
+        "grounded_phrases": [],
+    }
+    if rec.scene_graph is not None:
+        where = rec.scene_graph_source_path or rec.scene_graph[1]
+        try:
+            sg = parse_scene_graph(read_scene_graph_bytes(*rec.scene_graph), w, h)
+        except (SceneGraphError, OSError, KeyError) as exc:
+            rejects.append(Reject(rec.source, where, "scene_graph", str(exc), rec.sample_id))
+        else:
+            rejects += [Reject(rec.source, where, "scene_graph", f"anatomy box {d}", rec.sample_id) for d in sg.dropped]
+            row["region_boxes"] = _stored_boxes(rec, sg.boxes, w, h, "anatomy", rejects)
+            row["region_labels"] = [{"region": r, "finding": f, "value": v} for r, f, v in sorted(sg.labels)]
+            row["region_phrases"] = [{"region": r, "phrases": p} for r, p in sorted(sg.phrases.items())]
+    for g in rec.grounded_phrases:
+        stored = _stored_boxes(rec, g.boxes, w, h, f"phrase '{g.phrase}'", rejects)
+        if stored:
+            row["grounded_phrases"].append({"phrase": g.phrase, "category": g.category, "boxes": stored})
+    return row, rejects
+
+
+def read_reports(records: list[RawRecord]) -> tuple[list[list[str] | None], list[Reject]]:
+    """Sentences per record (None without a report); reports are split in one spaCy batch."""
+    texts: dict[str, str] = {}
+    rejects = []
+    for rec in records:
+        if rec.report_path and rec.report_path not in texts:
+            try:
+                texts[rec.report_path] = Path(rec.report_path).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                rejects.append(Reject(rec.source, rec.report_source_path or rec.report_path, "report",
+                                      f"unreadable report: {exc}", rec.study_id or ""))
+    parsed = dict(zip(texts, report_sentences_batch(list(texts.values())), strict=True))
+    for path, sentences in parsed.items():
+        if not sentences:
+            rec = next(r for r in records if r.report_path == path)
+            rejects.append(Reject(rec.source, rec.report_source_path or path, "report",
+                                  "report has no findings/impression sentences", rec.study_id or ""))
+    return [parsed.get(r.report_path) if r.report_path else None for r in records], rejects
+
+
+def row_digest(row: dict[str, Any]) -> str:
+    """Content hash of one output row, independent of file layout and row order."""
+    h = hashlib.sha256(row["image_png"])
+    h.update(json.dumps({k: v for k, v in row.items() if k != "image_png"}, sort_keys=True).encode())
+    return h.hexdigest()

@@ -1,0 +1,93 @@
+"""MIMIC-CXR-JPG tables + MIMIC-CXR report paths -> one RawRecord per image (all views kept, view recorded)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from preprocessing.classes import CHEXPERT_14, MIMIC_SPLIT_MAP
+from preprocessing.records import RawRecord, Reject, relative
+from preprocessing.tables import find_table, parse_float, parse_int, read_csv_strings
+
+SOURCE = "mimic_cxr"
+METADATA = "mimic-cxr-2.0.0-metadata.csv.gz"
+SPLIT = "mimic-cxr-2.0.0-split.csv.gz"
+CHEXPERT = "mimic-cxr-2.0.0-chexpert.csv.gz"
+
+
+def study_relpath(subject_id: int, study_id: int) -> str:
+    s = str(subject_id)
+    return f"files/p{s[:2]}/p{s}/s{study_id}"
+
+
+def read_chexpert(path: Path | None) -> dict[tuple[int, int], dict[str, int]]:
+    """(subject_id, study_id) -> {label: 1 | 0 | -1}; blank cells (not mentioned) are left out."""
+    if path is None:
+        return {}
+    out = {}
+    for row in read_csv_strings(path).iter_rows(named=True):
+        key = (parse_int(row["subject_id"]), parse_int(row["study_id"]))
+        out[key] = {name: int(v) for name in CHEXPERT_14 if name in row and (v := parse_float(row[name])) is not None}
+    return out
+
+
+def read_mimic_cxr(jpg_root: Path, raw_root: Path, reports_root: Path | None = None,
+                   scene_graphs: dict[str, tuple[str, str]] | None = None) -> tuple[list[RawRecord], list[Reject]]:
+    """Join metadata and split on dicom_id, labels on (subject, study); attach report and scene-graph locations."""
+    records: list[RawRecord] = []
+    rejects: list[Reject] = []
+    meta_path, split_path = find_table(jpg_root, METADATA), find_table(jpg_root, SPLIT)
+    if meta_path is None or split_path is None:
+        return [], [Reject(SOURCE, relative(jpg_root, raw_root), "table", f"missing {METADATA} or {SPLIT}")]
+    meta = read_csv_strings(meta_path)
+    splits = read_csv_strings(split_path).select("dicom_id", "split")
+    labels = read_chexpert(find_table(jpg_root, CHEXPERT))
+    joined = meta.join(splits, on="dicom_id", how="left")
+    missing_reports: set[int] = set()
+    for row in joined.iter_rows(named=True):
+        try:
+            subject, study = int(row["subject_id"]), int(row["study_id"])
+            width, height = int(row["Columns"]), int(row["Rows"])
+        except (TypeError, ValueError):
+            rejects.append(Reject(SOURCE, relative(meta_path, raw_root), "table",
+                                  f"unparseable ids or size in metadata row {row}", str(row.get("dicom_id"))))
+            continue
+        rel = f"{study_relpath(subject, study)}/{row['dicom_id']}.jpg"
+        split = MIMIC_SPLIT_MAP.get(row["split"] or "")
+        if split is None:
+            rejects.append(Reject(SOURCE, relative(jpg_root / rel, raw_root), "table",
+                                  f"no official split for dicom_id {row['dicom_id']}", row["dicom_id"]))
+            continue
+        record = RawRecord(
+            source=SOURCE, split=split, sample_id=f"{subject}/{study}/{row['dicom_id']}", image_id=row["dicom_id"],
+            image_path=str(jpg_root / rel), source_path=relative(jpg_root / rel, raw_root),
+            patient_id=str(subject), study_id=str(study), view_position=row["ViewPosition"] or "",
+            expected_size=(width, height), labels=labels.get((subject, study), {}),
+        )
+        if reports_root is not None:
+            report = reports_root / f"{study_relpath(subject, study)}.txt"
+            if report.is_file():
+                record.report_path, record.report_source_path = str(report), relative(report, raw_root)
+            elif study not in missing_reports:
+                missing_reports.add(study)
+                rejects.append(Reject(SOURCE, relative(report, raw_root), "report",
+                                      f"study s{study} has no report file; its images are kept without sentences",
+                                      str(study)))
+        if scene_graphs and row["dicom_id"] in scene_graphs:
+            record.scene_graph = scene_graphs[row["dicom_id"]]
+            record.scene_graph_source_path = relative(Path(record.scene_graph[0]), raw_root) + "::" + record.scene_graph[1]
+        records.append(record)
+    unmatched = splits.join(meta.select("dicom_id"), on="dicom_id", how="anti")
+    rejects += [Reject(SOURCE, relative(split_path, raw_root), "table", f"dicom_id {d} is in the split file but not in the metadata", d)
+                for d in unmatched["dicom_id"].to_list()]
+    return records, rejects
+
+
+def frontal_dicom_ids(records: list[RawRecord]) -> pl.DataFrame:
+    """dicom_id -> (split, path, size) lookup that MS-CXR rows are resolved against."""
+    return pl.DataFrame({
+        "dicom_id": [r.image_id for r in records], "split": [r.split for r in records],
+        "image_path": [r.image_path for r in records], "source_path": [r.source_path for r in records],
+        "patient_id": [r.patient_id for r in records], "study_id": [r.study_id for r in records],
+        "view_position": [r.view_position for r in records],
+    })

@@ -1,0 +1,70 @@
+"""MS-CXR local alignment CSV (v1.0.0 or v1.1.0) -> one record per MIMIC-CXR-JPG image with grounded phrases.
+
+Splits: v1.1.0's official `split` column when present; otherwise the reference's mapping from the MIMIC split
+(MIMIC validate/test -> test, MIMIC train -> val).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import polars as pl
+
+from preprocessing.records import GroundedPhrase, PixelBox, RawRecord, Reject, relative
+from preprocessing.sentences import clean_phrase
+from preprocessing.tables import read_csv_strings
+
+SOURCE = "ms_cxr"
+SPLIT_MAP = {"train": "train", "val": "val", "validate": "val", "test": "test"}
+FROM_MIMIC_SPLIT = {"train": "val", "val": "test", "test": "test"}
+
+
+def find_alignment_csv(root: Path) -> Path | None:
+    """The newest MS_CXR_Local_Alignment_v*.csv below root (the zip's top folder name varies by release)."""
+    found = sorted(root.rglob("MS_CXR_Local_Alignment_v*.csv"))
+    return found[-1] if found else None
+
+
+def read_ms_cxr(root: Path, raw_root: Path, mimic_images: pl.DataFrame) -> tuple[list[RawRecord], list[Reject]]:
+    """Rows are resolved to MIMIC-CXR-JPG images by dicom_id (the CSV's own path may point at a .dcm)."""
+    csv_path = find_alignment_csv(root)
+    if csv_path is None:
+        return [], [Reject(SOURCE, relative(root, raw_root), "table", "no MS_CXR_Local_Alignment_v*.csv found")]
+    rel_csv = relative(csv_path, raw_root)
+    lookup = {row["dicom_id"]: row for row in mimic_images.iter_rows(named=True)}
+    grouped: dict[str, dict[str, GroundedPhrase]] = defaultdict(dict)
+    official_split: dict[str, str] = {}
+    rejects: list[Reject] = []
+    for i, row in enumerate(read_csv_strings(csv_path).iter_rows(named=True)):
+        where = f"{rel_csv}#row{i + 2}"
+        dicom_id = row["dicom_id"]
+        if dicom_id not in lookup:
+            rejects.append(Reject(SOURCE, where, "phrase", f"dicom_id {dicom_id} is not in MIMIC-CXR-JPG", dicom_id))
+            continue
+        try:
+            x, y, w, h = (float(row[k]) for k in ("x", "y", "w", "h"))
+        except (TypeError, ValueError):
+            rejects.append(Reject(SOURCE, where, "box", "non-numeric x/y/w/h", dicom_id))
+            continue
+        phrase = clean_phrase(row["label_text"] or "")
+        if not phrase:
+            rejects.append(Reject(SOURCE, where, "phrase", "empty label_text", dicom_id))
+            continue
+        category = row["category_name"]
+        entry = grouped[dicom_id].setdefault(phrase, GroundedPhrase(phrase, category, []))
+        entry.boxes.append(PixelBox(category, x, y, x + w, y + h))
+        if row.get("split"):
+            official_split[dicom_id] = SPLIT_MAP.get(row["split"], row["split"])
+    records = []
+    for dicom_id in sorted(grouped):
+        img = lookup[dicom_id]
+        phrases = [grouped[dicom_id][p] for p in sorted(grouped[dicom_id])]
+        records.append(RawRecord(
+            source=SOURCE, split=official_split.get(dicom_id) or FROM_MIMIC_SPLIT[img["split"]],
+            sample_id=f"{img['patient_id']}/{img['study_id']}/{dicom_id}", image_id=dicom_id,
+            image_path=img["image_path"], source_path=img["source_path"], patient_id=img["patient_id"],
+            study_id=img["study_id"], view_position=img["view_position"],
+            boxes=[b for g in phrases for b in g.boxes], labels={g.category: 1 for g in phrases},
+            grounded_phrases=phrases,
+        ))
+    return records, rejects

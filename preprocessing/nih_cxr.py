@@ -1,0 +1,70 @@
+"""NIH ChestX-ray8: Data_Entry labels + BBox_List boxes; box images split by patient into val/test.
+
+Both CSVs have headers with commas inside brackets, so rows are read positionally with the csv module.
+All images of a val/test patient stay in that split (no patient leaks into train, unlike the reference).
+"""
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from preprocessing.classes import NIH_14, NIH_LABEL_ALIASES, NIH_NO_FINDING
+from preprocessing.records import PixelBox, RawRecord, Reject, relative
+
+SOURCE = "nih_cxr"
+
+
+def _rows(path: Path) -> list[list[str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))[1:]
+
+
+def index_images(root: Path) -> dict[str, Path]:
+    """Image Index -> file, for both the Kaggle layout (images_0XX/images/) and a flat images/ folder."""
+    return {p.name: p for p in sorted(root.glob("images*/**/*.png")) + sorted(root.glob("images/*.png"))}
+
+
+def read_nih(root: Path, raw_root: Path, seed: int) -> tuple[list[RawRecord], list[Reject]]:
+    entry_path = next((p for p in (root / "Data_Entry_2017.csv", root / "Data_Entry_2017_v2020.csv") if p.is_file()), None)
+    if entry_path is None:
+        return [], [Reject(SOURCE, relative(root, raw_root), "table", "missing Data_Entry_2017.csv")]
+    rejects: list[Reject] = []
+    boxes: dict[str, list[PixelBox]] = defaultdict(list)
+    bbox_path = root / "BBox_List_2017.csv"
+    if bbox_path.is_file():
+        for i, row in enumerate(_rows(bbox_path)):
+            try:
+                x, y, w, h = (float(v) for v in row[2:6])
+            except (ValueError, IndexError):
+                rejects.append(Reject(SOURCE, f"{relative(bbox_path, raw_root)}#row{i + 2}", "box",
+                                      f"unreadable box row {row}", row[0] if row else ""))
+                continue
+            name = NIH_LABEL_ALIASES.get(row[1], row[1])
+            boxes[row[0]].append(PixelBox(name, x, y, x + w, y + h))
+    files = index_images(root)
+    entries = []
+    for i, row in enumerate(_rows(entry_path)):
+        if len(row) < 4 or not row[0]:
+            rejects.append(Reject(SOURCE, f"{relative(entry_path, raw_root)}#row{i + 2}", "table", f"short row {row}"))
+            continue
+        entries.append((row[0], row[1], row[3], row[6] if len(row) > 6 else ""))
+    eval_patients = sorted({pid for name, _, pid, _ in entries if name in boxes})
+    order = np.random.default_rng(seed).permutation(len(eval_patients))
+    half = len(eval_patients) // 2
+    split_of_patient = {eval_patients[j]: ("val" if k < half else "test") for k, j in enumerate(order)}
+    records = []
+    for name, findings, pid, view in entries:
+        present = {NIH_LABEL_ALIASES.get(t, t) for t in findings.split("|")}
+        path = files.get(name, root / "images" / name)
+        records.append(RawRecord(
+            source=SOURCE, split=split_of_patient.get(pid, "train"), sample_id=name, image_id=name,
+            image_path=str(path), source_path=relative(path, raw_root), patient_id=pid, view_position=view,
+            boxes=boxes.get(name, []), labels={n: int(n in present) for n in (*NIH_14, NIH_NO_FINDING)},
+        ))
+    known = {e[0] for e in entries}
+    rejects += [Reject(SOURCE, relative(bbox_path, raw_root), "box", f"box for {n}, which is not in {entry_path.name}", n)
+                for n in sorted(set(boxes) - known)]
+    return records, rejects

@@ -1,0 +1,85 @@
+"""The hand-off between readers and the ingest job: one RawRecord per image, one Reject per unreadable thing.
+
+Readers only parse tables (cheap, on the driver); pixels, reports and scene graphs are read by the Ray workers
+from the paths a record names, so the expensive work is distributed.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class PixelBox:
+    """A box in original image pixels (x1, y1, x2, y2); `reader` tags VinDr readers before fusion."""
+
+    name: str
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    reader: str | None = None
+
+
+@dataclass
+class GroundedPhrase:
+    phrase: str
+    category: str
+    boxes: list[PixelBox]
+
+
+@dataclass
+class RawRecord:
+    """Everything known about one image before its pixels are decoded."""
+
+    source: str                       # mimic_cxr | vindr_cxr | nih_cxr | ms_cxr
+    split: str                        # train | val | test
+    sample_id: str
+    image_id: str
+    image_path: str                   # absolute path of the image file
+    source_path: str                  # image path relative to the raw root (what rejects and lineage show)
+    patient_id: str | None = None
+    study_id: str | None = None
+    view_position: str | None = None
+    expected_size: tuple[int, int] | None = None   # (width, height) from metadata, checked against the pixels
+    boxes: list[PixelBox] = field(default_factory=list)
+    fuse_boxes: bool = False          # VinDr train: fuse readers' boxes per class once the image size is known
+    labels: dict[str, int] = field(default_factory=dict)
+    report_path: str | None = None    # MIMIC report (absolute); parsed by the worker
+    report_source_path: str | None = None
+    scene_graph: tuple[str, str] | None = None      # (zip path or directory, member / file name)
+    scene_graph_source_path: str | None = None
+    grounded_phrases: list[GroundedPhrase] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @staticmethod
+    def from_json(text: str) -> RawRecord:
+        d = json.loads(text)
+        d["boxes"] = [PixelBox(**b) for b in d["boxes"]]
+        d["grounded_phrases"] = [GroundedPhrase(g["phrase"], g["category"], [PixelBox(**b) for b in g["boxes"]])
+                                 for g in d["grounded_phrases"]]
+        d["expected_size"] = tuple(d["expected_size"]) if d["expected_size"] else None
+        d["scene_graph"] = tuple(d["scene_graph"]) if d["scene_graph"] else None
+        return RawRecord(**d)
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Something that could not be read: where it came from, at which stage, and why (one clear sentence)."""
+
+    source: str
+    source_path: str
+    stage: str                        # table | image | report | scene_graph | box | phrase
+    reason: str
+    record_id: str = ""
+
+
+def relative(path: Path, root: Path) -> str:
+    """Path relative to the raw root when inside it, else absolute (readers may point outside --raw)."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()

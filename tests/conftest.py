@@ -1,0 +1,40 @@
+"""Shared fixtures: offline environment, one local Ray session, one small synthetic raw tree per test session."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synth_config():
+    from preprocessing.synth.generate import SynthConfig
+
+    return SynthConfig(studies=14, seed=7, image_scale=0.12, workers=2)
+
+
+@pytest.fixture(scope="session")
+def synth_raw(tmp_path_factory, synth_config) -> Path:
+    """A small raw tree from the generator (read-only for tests: copy before corrupting)."""
+    from preprocessing.synth.generate import synthesize
+
+    out = tmp_path_factory.mktemp("raw")
+    synthesize(out, synth_config)
+    return out

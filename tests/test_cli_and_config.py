@@ -1,0 +1,69 @@
+"""The `chex` command's argument errors, typed config loading, and the cluster-launcher file."""
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chex_model.cli import main
+from infra.config import ConfigError, from_dict, load_config
+from pipelines.ingest_config import IngestConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["synth", "--out", "x", "--studies", "-3"], "must be a positive integer"),
+    (["synth", "--out", "x", "--image-scale", "9"], "within [0.02, 2]"),
+    (["ingest", "--raw", "r"], "--out"),
+    (["nonsense"], "invalid choice"),
+])
+def test_bad_arguments_give_one_clear_line(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.count("\n") == 1 and fragment in err and "Traceback" not in err
+
+
+def test_missing_raw_folder_is_one_line_exit_1(tmp_path, capsys):
+    assert main(["ingest", "--raw", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a folder" in err
+
+
+def test_bad_config_key_is_one_line_exit_1(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("image_size: 256\nsources:\n  mimic: here\n")
+    assert main(["ingest", "--raw", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "sources.: unknown key(s) ['mimic']" in err and err.count("\n") == 1
+
+
+def test_shipped_yaml_equals_the_dataclass_defaults():
+    assert load_config(IngestConfig, REPO / "configs" / "ingest.yaml") == IngestConfig()
+
+
+def test_config_types_are_checked():
+    with pytest.raises(ConfigError, match="image_size: expected int"):
+        from_dict(IngestConfig, {"image_size": "big"})
+    assert from_dict(IngestConfig, {"image_size": 128, "sources": {"nih_cxr": None}}).sources.nih_cxr is None
+
+
+def test_ray_cluster_yaml_is_a_complete_launcher_config():
+    cfg = yaml.safe_load((REPO / "ray_cluster.yaml").read_text())
+    for key in ("cluster_name", "max_workers", "provider", "available_node_types", "head_node_type",
+                "setup_commands", "head_start_ray_commands", "worker_start_ray_commands"):
+        assert key in cfg, key
+    assert cfg["head_node_type"] in cfg["available_node_types"]
+    for node in cfg["available_node_types"].values():
+        assert "node_config" in node and "resources" in node
+    workers = [n for k, n in cfg["available_node_types"].items() if k != cfg["head_node_type"]]
+    assert sum(n["max_workers"] for n in workers) >= cfg["max_workers"] >= 1
+    pins = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    ray_version = next(re.search(r"==([\d.]+)", p).group(1) for p in pins if p.startswith("ray["))
+    assert f":{ray_version}-" in cfg["docker"]["image"]
+    assert any("constraints.txt" in c for c in cfg["setup_commands"])
