@@ -29,7 +29,7 @@ from pipelines.ingest_config import IngestConfig
 from pipelines.process import process_record, read_reports, row_digest
 from pipelines.schema import PARTITION_COLUMNS, REJECT_SCHEMA, SCHEMA, SCHEMA_VERSION
 from preprocessing.chest_imagenome import index_scene_graphs
-from preprocessing.mimic_cxr import frontal_dicom_ids, read_mimic_cxr
+from preprocessing.mimic_cxr import image_lookup, read_mimic_cxr
 from preprocessing.ms_cxr import read_ms_cxr
 from preprocessing.nih_cxr import read_nih
 from preprocessing.records import RawRecord, Reject
@@ -95,7 +95,7 @@ def read_sources(raw: Path, roots: dict[str, Path], cfg: IngestConfig) -> tuple[
         records += mimic
         rejects += rej
         if "ms_cxr" in roots:
-            ms, rej = read_ms_cxr(roots["ms_cxr"], raw, frontal_dicom_ids(mimic))
+            ms, rej = read_ms_cxr(roots["ms_cxr"], raw, image_lookup(mimic))
             records += ms
             rejects += rej
     if "vindr_cxr" in roots:
@@ -161,7 +161,7 @@ def run_ingest(raw: Path, out: Path, cfg: IngestConfig, address: str | None = No
         "input_fingerprint": fingerprint,
         "config": dataclasses.asdict(cfg),
         "code": mf.code_version(Path(__file__).resolve().parents[1]),
-        "raw_inputs": _raw_digests(roots, files, raw, previous),
+        "raw_inputs": _raw_digests(roots, files, previous, cfg.hash_raw_content),
         "datasets": datasets,
         "records_read": len(records),
         "rejects": {"path": f"{REJECTS}/rejects.parquet", "rows": len(all_rejects),
@@ -188,14 +188,20 @@ def _summarize(staging: Path, rows: dict[tuple[str, str, str], str]) -> dict[str
     return out
 
 
-def _raw_digests(roots: dict[str, Path], files: dict[str, list[Path]], raw: Path, previous: dict | None) -> dict:
-    """Content digest per source root, reused from the previous manifest when that root's files are unchanged."""
+def _raw_digests(roots: dict[str, Path], files: dict[str, list[Path]], previous: dict | None, content: bool) -> dict:
+    """Digest per source root (sha256 of contents, or the stat fingerprint when content hashing is off);
+    a content digest is reused from the previous manifest while that root's files are unchanged."""
     before = (previous or {}).get("raw_inputs", {})
     out = {}
     for name, root in roots.items():
         stat = mf.stat_fingerprint(files[name], root)
         old = before.get(name, {})
-        digest = old["digest"] if old.get("stat_fingerprint") == stat else mf.content_digest(files[name], root)
+        if not content:
+            digest = f"stat:{stat}"
+        elif old.get("stat_fingerprint") == stat and not str(old.get("digest", "stat:")).startswith("stat:"):
+            digest = old["digest"]
+        else:
+            digest = mf.content_digest(files[name], root)
         out[name] = {"root": str(root), "files": len(files[name]), "bytes": sum(p.stat().st_size for p in files[name]),
                      "stat_fingerprint": stat, "digest": digest}
     return out

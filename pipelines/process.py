@@ -19,6 +19,8 @@ from preprocessing.records import PixelBox, RawRecord, Reject
 from preprocessing.sentences import report_sentences_batch
 from preprocessing.vindr_cxr import fuse_boxes
 
+ASPECT_TOLERANCE = 0.01
+
 
 def _stored_boxes(rec: RawRecord, boxes: list[PixelBox], w: int, h: int, what: str,
                   rejects: list[Reject]) -> list[dict[str, Any]]:
@@ -53,12 +55,18 @@ def process_record(rec: RawRecord, image_size: int, equalize_dicom: bool, senten
         pixels, w, h = load_resized(Path(rec.image_path), image_size, equalize_dicom=equalize_dicom)
     except (ImageDecodeError, OSError) as exc:
         return None, [Reject(rec.source, rec.source_path, "image", str(exc), rec.sample_id)]
-    boxes = fuse_boxes(rec.boxes, w, h) if rec.fuse_boxes else rec.boxes
+    # Annotations are in the metadata's pixel frame. A resized copy of the images (common for MIMIC-CXR-JPG) keeps
+    # the aspect ratio, and normalized boxes depend only on that, so box math runs in the metadata frame.
+    fw, fh = rec.expected_size or (w, h)
+    if abs(fw / fh - w / h) > ASPECT_TOLERANCE * (w / h):
+        return None, [Reject(rec.source, rec.source_path, "image",
+                             f"image is {w}x{h} but its metadata says {fw}x{fh} (different aspect ratio)", rec.sample_id)]
+    boxes = fuse_boxes(rec.boxes, fw, fh) if rec.fuse_boxes else rec.boxes
     row: dict[str, Any] = {
         "source": rec.source, "split": rec.split, "sample_id": rec.sample_id, "image_id": rec.image_id,
         "patient_id": rec.patient_id, "study_id": rec.study_id, "view_position": rec.view_position,
         "source_path": rec.source_path, "orig_width": w, "orig_height": h, "image_size": image_size,
-        "image_png": encode_png(pixels), "boxes": _stored_boxes(rec, boxes, w, h, "finding", rejects),
+        "image_png": encode_png(pixels), "boxes": _stored_boxes(rec, boxes, fw, fh, "finding", rejects),
         "labels": [{"name": k, "value": v} for k, v in sorted(rec.labels.items())],
         "report_sentences": sentences or [], "region_boxes": [], "region_labels": [], "region_phrases": [],
         "grounded_phrases": [],
@@ -66,16 +74,16 @@ def process_record(rec: RawRecord, image_size: int, equalize_dicom: bool, senten
     if rec.scene_graph is not None:
         where = rec.scene_graph_source_path or rec.scene_graph[1]
         try:
-            sg = parse_scene_graph(read_scene_graph_bytes(*rec.scene_graph), w, h)
+            sg = parse_scene_graph(read_scene_graph_bytes(*rec.scene_graph), fw, fh)
         except (SceneGraphError, OSError, KeyError) as exc:
             rejects.append(Reject(rec.source, where, "scene_graph", str(exc), rec.sample_id))
         else:
             rejects += [Reject(rec.source, where, "scene_graph", f"anatomy box {d}", rec.sample_id) for d in sg.dropped]
-            row["region_boxes"] = _stored_boxes(rec, sg.boxes, w, h, "anatomy", rejects)
+            row["region_boxes"] = _stored_boxes(rec, sg.boxes, fw, fh, "anatomy", rejects)
             row["region_labels"] = [{"region": r, "finding": f, "value": v} for r, f, v in sorted(sg.labels)]
             row["region_phrases"] = [{"region": r, "phrases": p} for r, p in sorted(sg.phrases.items())]
     for g in rec.grounded_phrases:
-        stored = _stored_boxes(rec, g.boxes, w, h, f"phrase '{g.phrase}'", rejects)
+        stored = _stored_boxes(rec, g.boxes, fw, fh, f"phrase '{g.phrase}'", rejects)
         if stored:
             row["grounded_phrases"].append({"phrase": g.phrase, "category": g.category, "boxes": stored})
     return row, rejects

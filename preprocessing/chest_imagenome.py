@@ -102,7 +102,7 @@ def parse_scene_graph(data: bytes, width: int, height: int) -> SceneGraph:
                 category, polarity, name = parts
                 if category in LABEL_CATEGORIES or (category == "nlp" and name in ("abnormal", "normal")):
                     finding = "abnormal" if category == "nlp" else name
-                    value = int(polarity == "yes") if category != "nlp" else int(name == "abnormal")
+                    value = int(polarity == "yes") if category != "nlp" else int((name == "abnormal") == (polarity == "yes"))
                     labels[(region, finding)] = max(labels.get((region, finding), 0), value)
         phrases = [p for p in (clean_phrase(str(t)) for t in attr.get("phrases") or []) if len(p.split()) >= 2]
         if phrases:

@@ -83,11 +83,13 @@ def read_mimic_cxr(jpg_root: Path, raw_root: Path, reports_root: Path | None = N
     return records, rejects
 
 
-def frontal_dicom_ids(records: list[RawRecord]) -> pl.DataFrame:
-    """dicom_id -> (split, path, size) lookup that MS-CXR rows are resolved against."""
+def image_lookup(records: list[RawRecord]) -> pl.DataFrame:
+    """dicom_id -> split, paths, ids, view and metadata size: what MS-CXR rows are resolved against."""
     return pl.DataFrame({
         "dicom_id": [r.image_id for r in records], "split": [r.split for r in records],
         "image_path": [r.image_path for r in records], "source_path": [r.source_path for r in records],
         "patient_id": [r.patient_id for r in records], "study_id": [r.study_id for r in records],
         "view_position": [r.view_position for r in records],
+        "width": [r.expected_size[0] if r.expected_size else None for r in records],
+        "height": [r.expected_size[1] if r.expected_size else None for r in records],
     })

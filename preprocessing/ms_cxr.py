@@ -21,7 +21,7 @@ FROM_MIMIC_SPLIT = {"train": "val", "val": "test", "test": "test"}
 
 def find_alignment_csv(root: Path) -> Path | None:
     """The newest MS_CXR_Local_Alignment_v*.csv below root (the zip's top folder name varies by release)."""
-    found = sorted(root.rglob("MS_CXR_Local_Alignment_v*.csv"))
+    found = sorted(root.rglob("MS_CXR_Local_Alignment_v*.csv"), key=lambda p: (p.name, p.as_posix()))  # by version, not folder
     return found[-1] if found else None
 
 
@@ -64,6 +64,7 @@ def read_ms_cxr(root: Path, raw_root: Path, mimic_images: pl.DataFrame) -> tuple
             sample_id=f"{img['patient_id']}/{img['study_id']}/{dicom_id}", image_id=dicom_id,
             image_path=img["image_path"], source_path=img["source_path"], patient_id=img["patient_id"],
             study_id=img["study_id"], view_position=img["view_position"],
+            expected_size=(img["width"], img["height"]) if img["width"] else None,
             boxes=[b for g in phrases for b in g.boxes], labels={g.category: 1 for g in phrases},
             grounded_phrases=phrases,
         ))

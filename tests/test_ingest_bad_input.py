@@ -43,7 +43,7 @@ def broken(synth_raw: Path, ray_local, tmp_path_factory) -> dict:
     nih_image = sorted(p.name for p in raw.rglob("images_*/images/*.png"))[0]
     with open(nih, "a") as f:
         f.write(f"{nih_image},Nodule,5000.5,6000.25,40.0,40.0\n")
-    report = _first(raw.rglob("mimic-cxr/2.0.0/files/p*/p*/s*.txt"))
+    report = _first(p for p in raw.rglob("mimic-cxr/2.0.0/files/p*/p*/s*.txt") if p.stem != jpg.parent.name)
     report.unlink()
     out = raw.parent / "out"
     manifest = run_ingest(raw, out, IngestConfig(image_size=SIZE))

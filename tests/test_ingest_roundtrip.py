@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import zipfile
@@ -224,3 +225,14 @@ def test_rerun_is_a_noop_and_force_rebuilds_identically(synth_raw, ingested, ray
     assert "skipped" not in rebuilt
     assert {k: v["digest"] for k, v in rebuilt["datasets"].items()} == {k: v["digest"] for k, v in manifest["datasets"].items()}
     assert rebuilt["raw_inputs"] == manifest["raw_inputs"]
+
+
+def test_raw_digest_is_the_sha256_of_the_files(synth_raw, ingested):
+    _, manifest = ingested
+    entry = manifest["raw_inputs"]["ms_cxr"]
+    root = Path(entry["root"])
+    h = hashlib.sha256()
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    for p in files:
+        h.update(f"{p.relative_to(root).as_posix()}\0{hashlib.sha256(p.read_bytes()).hexdigest()}\n".encode())
+    assert entry["digest"] == h.hexdigest() and entry["files"] == len(files) == 1

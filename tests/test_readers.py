@@ -20,7 +20,7 @@ from preprocessing.chest_imagenome import (
     parse_scene_graph,
     read_scene_graph_bytes,
 )
-from preprocessing.mimic_cxr import frontal_dicom_ids, read_mimic_cxr
+from preprocessing.mimic_cxr import image_lookup, read_mimic_cxr
 from preprocessing.ms_cxr import read_ms_cxr
 from preprocessing.nih_cxr import read_nih
 from preprocessing.records import GroundedPhrase, PixelBox, RawRecord, Reject
@@ -754,11 +754,14 @@ dicom_id,category_name,label_text,path,x,y,w,h,image_width,image_height
 @pytest.fixture
 def mimic_images(tmp_path: Path):
     jpg = tmp_path / "mimic-cxr-jpg"
-    return frontal_dicom_ids([
+    return image_lookup([
         _mimic_record(jpg, "10000001", "50000001", D1, "train", "PA", (2536, 3040), {}),
         _mimic_record(jpg, "10000001", "50000002", D3, "val", "AP", (3032, 2544), {}),
         _mimic_record(jpg, "11000002", "50000003", D5, "test", "AP", (2048, 2500), {}),
     ])
+
+
+SIZES = {D1: (2536, 3040), D3: (3032, 2544), D5: (2048, 2500)}  # as in the mimic_images fixture
 
 
 def _ms_cxr_record(tmp_path: Path, subject: str, study: str, dicom: str, split: str, view: str,
@@ -766,7 +769,7 @@ def _ms_cxr_record(tmp_path: Path, subject: str, study: str, dicom: str, split: 
     rel = f"files/p{subject[:2]}/p{subject}/s{study}/{dicom}.jpg"
     return RawRecord(source="ms_cxr", split=split, sample_id=f"{subject}/{study}/{dicom}", image_id=dicom,
                      image_path=str(tmp_path / "mimic-cxr-jpg" / rel), source_path=f"mimic-cxr-jpg/{rel}",
-                     patient_id=subject, study_id=study, view_position=view,
+                     patient_id=subject, study_id=study, view_position=view, expected_size=SIZES[dicom],
                      boxes=[b for g in phrases for b in g.boxes], labels={g.category: 1 for g in phrases},
                      grounded_phrases=phrases)
 
@@ -811,3 +814,14 @@ def test_ms_cxr_missing_csv_is_rejected(tmp_path: Path, mimic_images) -> None:
     records, rejects = read_ms_cxr(tmp_path / "ms-cxr", tmp_path, mimic_images)
     assert records == []
     assert reject_keys(rejects) == [("ms_cxr", "ms-cxr", "table", "")]
+
+
+def test_ms_cxr_prefers_newest_release_whatever_the_folders(tmp_path: Path, mimic_images) -> None:
+    """v1.1.0 next to the extracted v0.1 folder (spec 5.1): the v1.1.0 file with the official split is read."""
+    root = tmp_path / "ms-cxr"
+    write_text(root / "MS_CXR_Local_Alignment_v1.1.0.csv", MS_CXR_V110)
+    write_text(root / ("ms-cxr-making-the-most-of-text-semantics-to-improve-biomedical-vision-"
+                       "language-processing-0.1") / "MS_CXR_Local_Alignment_v1.0.0.csv", MS_CXR_V100)
+    records, rejects = read_ms_cxr(root, tmp_path, mimic_images)
+    assert [(r.image_id, r.split) for r in records] == [(D3, "val"), (D1, "test")]
+    assert reject_keys(rejects) == [("ms_cxr", "ms-cxr/MS_CXR_Local_Alignment_v1.1.0.csv#row6", "phrase", D7)]

@@ -8,6 +8,7 @@ upscaled with PIL and given cheap full-resolution grain.
 RNG contract: each render takes exactly one ``rng.integers(..., size=4)`` draw, whatever the size or lesions; the
 four seeds drive independent streams (geometry, texture, grain, lesions), so one patient seed rendered with and
 without a lesion gives identical anatomy and noise. Only cardiomegaly changes the anatomy (the heart boxes).
+Lesion boxes come from the rasterized effect, so they are tight to within one working pixel (max(W, H) / 512).
 """
 from __future__ import annotations
 
@@ -74,6 +75,7 @@ class _Grid:
         self.eps = 1.5 * width / self.w / self.S  # soft-edge width: 1.5 working pixels
 
     def soft(self, margin: np.ndarray) -> np.ndarray:
+        """Anti-aliased inside-mask from a signed distance (>0 inside), ramping over `eps`."""
         return np.clip(0.5 + margin / self.eps, 0.0, 1.0)
 
     def to_px(self, b: Box) -> Box:
@@ -375,7 +377,7 @@ def _anatomy_boxes(g: _Geo) -> dict[str, Box]:
         "right cardiac silhouette": (hx1, hy1, g.cx, hy2),
         "left cardiac silhouette": (g.cx, hy1, hx2, hy2),
         "cavoatrial junction": (ca_u - 0.02, ca_v - 0.025, ca_u + 0.03, ca_v + 0.025),
-        "right atrium": (hx1, hcv - 0.3 * ry, g.cx - 0.01, hcv + 0.8 * ry),
+        "right atrium": (hx1, hcv - 0.3 * ry, g.cx - 0.01, min(hcv + 0.8 * ry, hy2)),
         "descending aorta": (g.cx + g.med - 0.015, g.knob_v + 0.02, g.cx + g.med + 0.015, g.dome["left"]),
         "carina": (g.tx - 0.03, g.carina - 0.02, g.tx + 0.03, g.carina + 0.025),
         "abdomen": (g.cx - g.L - 0.02, min(g.dome.values()), g.cx + g.L + 0.02, max(g.cp.values()) + 0.35),
