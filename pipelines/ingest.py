@@ -7,7 +7,7 @@ without reading the images back.
 """
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import json
 import logging
 import shutil
@@ -114,7 +114,7 @@ def _input_fingerprint(roots: dict[str, Path], raw: Path, cfg: IngestConfig) -> 
     parts = {name: mf.stat_fingerprint(fs, roots[name]) for name, fs in files.items()}
     payload = json.dumps({"schema": SCHEMA_VERSION, "config": asdict(cfg), "roots": {k: str(v) for k, v in roots.items()},
                           "files": parts}, sort_keys=True)
-    return mf.dataset_digest({"input": payload}), files
+    return hashlib.sha256(payload.encode()).hexdigest(), files
 
 
 def run_ingest(raw: Path, out: Path, cfg: IngestConfig, address: str | None = None, force: bool = False) -> dict[str, Any]:
@@ -159,7 +159,7 @@ def run_ingest(raw: Path, out: Path, cfg: IngestConfig, address: str | None = No
         "schema_version": SCHEMA_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "input_fingerprint": fingerprint,
-        "config": dataclasses.asdict(cfg),
+        "config": asdict(cfg),
         "code": mf.code_version(Path(__file__).resolve().parents[1]),
         "raw_inputs": _raw_digests(roots, files, previous, cfg.hash_raw_content),
         "datasets": datasets,

@@ -11,6 +11,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import JPEG2000Lossless, RLELossless, SecondaryCaptureImageStorage, generate_uid
 
+from preprocessing import image_io
 from preprocessing.box_geometry import crop_frame
 from preprocessing.image_io import (
     ImageDecodeError,
@@ -219,3 +220,19 @@ def test_equalize_flattens_histogram_and_keeps_order() -> None:
     assert (np.diff(out.ravel()[order].astype(int)) >= 0).all()  # monotone mapping
     assert out.min() == 0 and out.max() == 255
     assert np.array_equal(equalize_hist(np.full((4, 4), 9, np.uint8)), np.full((4, 4), 9, np.uint8))
+
+
+def test_j2k_dicom_decodes_at_a_reduced_level_and_matches_full_decode(tmp_path: Path) -> None:
+    from preprocessing.synth.phantom import render_frontal
+
+    arr = np.round(render_frontal(800, 600, [], np.random.default_rng(3)).image * 4095).astype(np.uint16)
+    ds = _write_dicom(tmp_path / "u.dcm", arr, "MONOCHROME1", 12)
+    ds.compress(JPEG2000Lossless)
+    ds.save_as(tmp_path / "j.dcm", enforce_file_format=True)
+    reduced, w, h, scale = image_io._load(tmp_path / "j.dcm", 128, False, False)
+    assert (w, h) == (800, 600) and scale == 4.0 and reduced.shape == (150, 200)   # 600 / 4 >= 128 > 600 / 8
+    fast = load_resized(tmp_path / "j.dcm", 128, equalize_dicom=False)[0]
+    full = load_resized_full_decode(tmp_path / "u.dcm", 128, equalize_dicom=False)[0]
+    # a reduced level is the wavelet low-pass, not a box average: close, not bit-identical (like JPEG draft mode)
+    assert np.abs(fast.astype(float) - full).mean() < 4.0
+    assert np.corrcoef(fast.ravel(), full.ravel())[0, 1] > 0.99
