@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-fast bench clean
 
 install: $(STAMP)
 
@@ -26,8 +26,8 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-test-slow: install
-	$(PY) -m pytest -q -m slow
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 bench: install
 	$(PY) bench/ingest.py

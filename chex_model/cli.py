@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -69,6 +71,16 @@ def _synth(out: Path, studies: int, seed: int, image_scale: float, workers: int 
     print(f"synthetic raw data in {out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
 
 
+def _synth_matches(raw: Path, studies: int, seed: int, image_scale: float) -> bool:
+    """True when `raw` holds a complete tree generated with these settings (so the demo can reuse it)."""
+    from preprocessing.synth.generate import MARKER, SynthConfig, marker
+
+    try:
+        return json.loads((raw / MARKER).read_text()) == marker(SynthConfig(studies=studies, seed=seed, image_scale=image_scale))
+    except (OSError, ValueError):
+        return False
+
+
 def _ingest(args: argparse.Namespace, raw: Path, out: Path) -> None:
     from infra.config import load_config
     from pipelines.ingest import run_ingest
@@ -100,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             _ingest(args, args.raw, args.out)
         elif args.command == "demo":
             raw = args.workdir / "raw"
-            if not (raw / "mimic-cxr-jpg").is_dir():
+            if not _synth_matches(raw, args.studies, args.seed, args.image_scale):
+                shutil.rmtree(raw, ignore_errors=True)
                 _synth(raw, args.studies, args.seed, args.image_scale)
             _ingest(args, raw, args.workdir / "ingested")
     except (ConfigError, FileNotFoundError) as exc:

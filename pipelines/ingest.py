@@ -15,7 +15,8 @@ import time
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -26,17 +27,28 @@ import ray
 from infra.ray_runtime import init_ray
 from pipelines import manifest as mf
 from pipelines.ingest_config import IngestConfig
-from pipelines.process import process_record, read_reports, row_digest
+from pipelines.process import read_reports, row_digest, safe_process_record
 from pipelines.schema import PARTITION_COLUMNS, REJECT_SCHEMA, SCHEMA, SCHEMA_VERSION
 from preprocessing.chest_imagenome import index_scene_graphs
 from preprocessing.mimic_cxr import image_lookup, read_mimic_cxr
 from preprocessing.ms_cxr import read_ms_cxr
 from preprocessing.nih_cxr import read_nih
-from preprocessing.records import RawRecord, Reject
+from preprocessing.records import RawRecord, Reject, relative
 from preprocessing.vindr_cxr import read_vindr
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 TABLES = "tables"
+# What each reader consumes under its root: only these files are fingerprinted and hashed (a MIMIC-CXR mirror's
+# reports folder also holds terabytes of DICOMs that ingest never opens).
+SOURCE_FILES: dict[str, tuple[str, ...]] = {
+    "mimic_cxr_jpg": ("*.csv", "*.csv.gz", "files/p*/p*/s*/*.jpg"),
+    "mimic_cxr_reports": ("files/p*/p*/s*.txt",),
+    "chest_imagenome": ("**/scene_graph*.zip", "**/*_SceneGraph.json"),
+    "ms_cxr": ("**/MS_CXR_Local_Alignment_v*.csv",),
+    "vindr_cxr": ("annotations/*.csv", "train/*.dicom", "test/*.dicom"),
+    "nih_cxr": ("*.csv", "images*/**/*.png"),
+}
 REJECTS = "rejects"
 
 
@@ -58,12 +70,12 @@ class IngestLedger:
         return self.rows, list(self.rejects.values())
 
 
-def _process_batch(batch: dict[str, np.ndarray], image_size: int, equalize_dicom: bool, ledger: Any) -> pa.Table:
+def _process_batch(batch: dict[str, np.ndarray], cfg: IngestConfig, ledger: Any) -> pa.Table:
     records = [RawRecord.from_json(s) for s in batch["spec"]]
     sentences, rejects = read_reports(records)
     rows, digests = [], []
     for rec, sent in zip(records, sentences, strict=True):
-        row, found = process_record(rec, image_size, equalize_dicom, sent)
+        row, found = safe_process_record(rec, cfg.image_size, cfg.equalize_dicom, sent, cfg.allow_truncated_images)
         rejects += found
         if row is not None:
             rows.append(row)
@@ -86,35 +98,57 @@ def source_roots(raw: Path, cfg: IngestConfig) -> dict[str, Path]:
     return roots
 
 
+def _guarded(source: str, root: Path, raw: Path, rejects: list[Reject], read: Callable[[], T], empty: T) -> T:
+    """Run one reader; an unreadable file or table (empty, bad quoting, missing column) becomes one reject and that
+    source is skipped instead of the whole job failing."""
+    try:
+        return read()
+    except Exception as exc:  # noqa: BLE001 - readers meet arbitrary third-party parse errors on real downloads
+        rejects.append(Reject(source, relative(root, raw), "table", f"cannot read {source}: {type(exc).__name__}: {exc}"))
+        return empty
+
+
 def read_sources(raw: Path, roots: dict[str, Path], cfg: IngestConfig) -> tuple[list[RawRecord], list[Reject]]:
+    """All readers, then one reject per duplicate sample_id (a repeated CSV row must not yield two rows)."""
     records: list[RawRecord] = []
     rejects: list[Reject] = []
+    none: tuple[list[RawRecord], list[Reject]] = ([], [])
     if "mimic_cxr_jpg" in roots:
-        graphs = index_scene_graphs(roots["chest_imagenome"]) if "chest_imagenome" in roots else None
-        mimic, rej = read_mimic_cxr(roots["mimic_cxr_jpg"], raw, roots.get("mimic_cxr_reports"), graphs)
+        graphs = (_guarded("chest_imagenome", roots["chest_imagenome"], raw, rejects,
+                           lambda: index_scene_graphs(roots["chest_imagenome"]), None)
+                  if "chest_imagenome" in roots else None)
+        mimic, rej = _guarded("mimic_cxr", roots["mimic_cxr_jpg"], raw, rejects, lambda: read_mimic_cxr(
+            roots["mimic_cxr_jpg"], raw, roots.get("mimic_cxr_reports"), graphs), none)
         records += mimic
         rejects += rej
-        if "ms_cxr" in roots:
-            ms, rej = read_ms_cxr(roots["ms_cxr"], raw, image_lookup(mimic))
+        if "ms_cxr" in roots and mimic:
+            ms, rej = _guarded("ms_cxr", roots["ms_cxr"], raw, rejects,
+                               lambda: read_ms_cxr(roots["ms_cxr"], raw, image_lookup(mimic)), none)
             records += ms
             rejects += rej
-    if "vindr_cxr" in roots:
-        vindr, rej = read_vindr(roots["vindr_cxr"], raw, cfg.split_seed)
-        records += vindr
-        rejects += rej
-    if "nih_cxr" in roots:
-        nih, rej = read_nih(roots["nih_cxr"], raw, cfg.split_seed)
-        records += nih
-        rejects += rej
-    return records, rejects
+    for name, reader in (("vindr_cxr", read_vindr), ("nih_cxr", read_nih)):
+        if name in roots:
+            found, rej = _guarded(name, roots[name], raw, rejects, lambda r=reader, n=name: r(roots[n], raw, cfg.split_seed), none)
+            records += found
+            rejects += rej
+    unique: dict[tuple[str, str], RawRecord] = {}
+    for rec in records:
+        if (rec.source, rec.sample_id) in unique:
+            rejects.append(Reject(rec.source, rec.source_path, "table",
+                                  f"duplicate {rec.sample_id}: listed more than once; the first entry is kept", rec.sample_id))
+        else:
+            unique[(rec.source, rec.sample_id)] = rec
+    return list(unique.values()), rejects
 
 
-def _input_fingerprint(roots: dict[str, Path], raw: Path, cfg: IngestConfig) -> tuple[str, dict[str, list[Path]]]:
-    files = {name: mf.list_files(root) for name, root in roots.items()}
+def _input_fingerprint(roots: dict[str, Path], cfg: IngestConfig, code: dict[str, Any]
+                       ) -> tuple[str, dict[str, list[mf.RawFile]], dict[str, str]]:
+    """One fingerprint over the consumed raw files (path, size, mtime), the config, schema and code version."""
+    files = {name: mf.scan_files(root, SOURCE_FILES[name]) for name, root in roots.items()}
     parts = {name: mf.stat_fingerprint(fs, roots[name]) for name, fs in files.items()}
     payload = json.dumps({"schema": SCHEMA_VERSION, "config": asdict(cfg), "roots": {k: str(v) for k, v in roots.items()},
-                          "files": parts}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest(), files
+                          "files": parts, "code": code}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest(), files, parts
 
 
 def run_ingest(raw: Path, out: Path, cfg: IngestConfig, address: str | None = None, force: bool = False) -> dict[str, Any]:
@@ -124,7 +158,8 @@ def run_ingest(raw: Path, out: Path, cfg: IngestConfig, address: str | None = No
     roots = source_roots(raw, cfg)
     if not roots:
         raise FileNotFoundError(f"no configured dataset root exists under {raw}")
-    fingerprint, files = _input_fingerprint(roots, raw, cfg)
+    code = mf.code_version(Path(__file__).resolve().parents[1])
+    fingerprint, files, stats = _input_fingerprint(roots, cfg, code)
     previous = mf.read_manifest(out)
     if previous and previous.get("input_fingerprint") == fingerprint and (out / TABLES).is_dir() and not force:
         log.info("inputs and config unchanged since %s: nothing to do (use --force to rebuild)", previous["created_at"])
@@ -139,7 +174,7 @@ def run_ingest(raw: Path, out: Path, cfg: IngestConfig, address: str | None = No
         n_blocks = max(1, min(len(records), int(ray.cluster_resources().get("CPU", 1)) * 4, len(records) // cfg.batch_size + 1))
         (ray.data.from_items([{"spec": r.to_json()} for r in records], override_num_blocks=n_blocks)
          .map_batches(_process_batch, batch_size=cfg.batch_size, batch_format="numpy",
-                      fn_kwargs={"image_size": cfg.image_size, "equalize_dicom": cfg.equalize_dicom, "ledger": ledger})
+                      fn_kwargs={"cfg": cfg, "ledger": ledger})
          .write_parquet(str(staging), partition_cols=list(PARTITION_COLUMNS)))
     rows, worker_rejects = ray.get(ledger.snapshot.remote())
     ray.kill(ledger)
@@ -160,8 +195,8 @@ def run_ingest(raw: Path, out: Path, cfg: IngestConfig, address: str | None = No
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "input_fingerprint": fingerprint,
         "config": asdict(cfg),
-        "code": mf.code_version(Path(__file__).resolve().parents[1]),
-        "raw_inputs": _raw_digests(roots, files, previous, cfg.hash_raw_content),
+        "code": code,
+        "raw_inputs": _raw_digests(roots, files, stats, previous, cfg.hash_raw_content),
         "datasets": datasets,
         "records_read": len(records),
         "rejects": {"path": f"{REJECTS}/rejects.parquet", "rows": len(all_rejects),
@@ -188,20 +223,20 @@ def _summarize(staging: Path, rows: dict[tuple[str, str, str], str]) -> dict[str
     return out
 
 
-def _raw_digests(roots: dict[str, Path], files: dict[str, list[Path]], previous: dict | None, content: bool) -> dict:
+def _raw_digests(roots: dict[str, Path], files: dict[str, list[mf.RawFile]], stats: dict[str, str],
+                 previous: dict | None, content: bool) -> dict:
     """Digest per source root (sha256 of contents, or the stat fingerprint when content hashing is off);
     a content digest is reused from the previous manifest while that root's files are unchanged."""
     before = (previous or {}).get("raw_inputs", {})
     out = {}
     for name, root in roots.items():
-        stat = mf.stat_fingerprint(files[name], root)
         old = before.get(name, {})
         if not content:
-            digest = f"stat:{stat}"
-        elif old.get("stat_fingerprint") == stat and not str(old.get("digest", "stat:")).startswith("stat:"):
+            digest = f"stat:{stats[name]}"
+        elif old.get("stat_fingerprint") == stats[name] and not str(old.get("digest", "stat:")).startswith("stat:"):
             digest = old["digest"]
         else:
             digest = mf.content_digest(files[name], root)
-        out[name] = {"root": str(root), "files": len(files[name]), "bytes": sum(p.stat().st_size for p in files[name]),
-                     "stat_fingerprint": stat, "digest": digest}
+        out[name] = {"root": str(root), "files": len(files[name]), "bytes": sum(f.size for f in files[name]),
+                     "stat_fingerprint": stats[name], "digest": digest}
     return out

@@ -21,6 +21,7 @@ class IngestConfig:
     image_size: int = 512            # stored square side: short side resized to this, then centre crop
     split_seed: int = 12345          # VinDr test -> val/test and NIH box patients -> val/test
     equalize_dicom: bool = True      # histogram equalization of DICOMs (the MIMIC JPGs were made that way)
+    allow_truncated_images: bool = False  # true = decode truncated JPEG/PNG (missing rows gray), as the reference does
     batch_size: int = 8              # records per Ray Data batch
     hash_raw_content: bool = True    # sha256 of every raw file for lineage; false = path/size/mtime only (huge mirrors)
     sources: SourcePaths = field(default_factory=SourcePaths)

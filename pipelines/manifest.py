@@ -6,10 +6,12 @@ and a sha256 content digest that later stages log as lineage (recomputed only wh
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +19,23 @@ CHUNK = 1 << 20
 MANIFEST = "manifest.json"
 
 
-def list_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file())
+@dataclass(frozen=True)
+class RawFile:
+    path: Path
+    size: int
+    mtime_ns: int
 
 
-def stat_fingerprint(files: list[Path], root: Path) -> str:
+def scan_files(root: Path, patterns: tuple[str, ...]) -> list[RawFile]:
+    """The files under root that match the patterns (what the readers consume), stat'ed once."""
+    paths = sorted({p for pattern in patterns for p in root.glob(pattern) if p.is_file()})
+    return [RawFile(p, (st := p.stat()).st_size, st.st_mtime_ns) for p in paths]
+
+
+def stat_fingerprint(files: list[RawFile], root: Path) -> str:
     h = hashlib.sha256()
-    for p in files:
-        st = p.stat()
-        h.update(f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for f in files:
+        h.update(f"{f.path.relative_to(root).as_posix()}\0{f.size}\0{f.mtime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -37,13 +47,13 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def content_digest(files: list[Path], root: Path) -> str:
+def content_digest(files: list[RawFile], root: Path) -> str:
     """sha256 over (relative path, file sha256) pairs; hashing runs in threads (hashlib releases the GIL)."""
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        digests = list(pool.map(_file_sha256, files))
+        digests = list(pool.map(_file_sha256, [f.path for f in files]))
     h = hashlib.sha256()
-    for p, d in zip(files, digests, strict=True):
-        h.update(f"{p.relative_to(root).as_posix()}\0{d}\n".encode())
+    for f, d in zip(files, digests, strict=True):
+        h.update(f"{f.path.relative_to(root).as_posix()}\0{d}\n".encode())
     return h.hexdigest()
 
 
@@ -56,14 +66,22 @@ def dataset_digest(row_digests: dict[str, str]) -> str:
 
 
 def code_version(repo: Path) -> dict[str, Any]:
-    """git commit and dirty flag of the code that produced the output (None outside a checkout)."""
+    """Package version, git commit and dirty flag of the code that produced the output (git: None outside a checkout)."""
+    version = {"package_version": _package_version()}
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
         dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True,
                                     check=True).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
-        return {"git_commit": None, "git_dirty": None}
-    return {"git_commit": sha, "git_dirty": dirty}
+        return {**version, "git_commit": None, "git_dirty": None}
+    return {**version, "git_commit": sha, "git_dirty": dirty}
+
+
+def _package_version() -> str | None:
+    try:
+        return importlib.metadata.version("chex-pipeline")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def read_manifest(out: Path) -> dict[str, Any] | None:

@@ -22,9 +22,8 @@ from preprocessing.vindr_cxr import fuse_boxes
 ASPECT_TOLERANCE = 0.01
 
 
-def _stored_boxes(rec: RawRecord, boxes: list[PixelBox], w: int, h: int, what: str,
-                  rejects: list[Reject]) -> list[dict[str, Any]]:
-    """Validate, clip and normalize; boxes outside the image or the stored crop become rejects."""
+def _inside(rec: RawRecord, boxes: list[PixelBox], w: int, h: int, what: str, rejects: list[Reject]) -> list[PixelBox]:
+    """Boxes within the image (a few pixels of slack); the others become rejects."""
     valid = []
     for b in boxes:
         if box_inside_image(b.x1, b.y1, b.x2, b.y2, w, h):
@@ -33,6 +32,13 @@ def _stored_boxes(rec: RawRecord, boxes: list[PixelBox], w: int, h: int, what: s
             rejects.append(Reject(rec.source, rec.source_path, "box",
                                   f"{what} box '{b.name}' ({b.x1:.1f}, {b.y1:.1f}, {b.x2:.1f}, {b.y2:.1f}) lies outside "
                                   f"the {w}x{h} image", rec.sample_id))
+    return valid
+
+
+def _stored_boxes(rec: RawRecord, boxes: list[PixelBox], w: int, h: int, what: str,
+                  rejects: list[Reject]) -> list[dict[str, Any]]:
+    """Validate, clip and normalize; boxes outside the image or the stored crop become rejects."""
+    valid = _inside(rec, boxes, w, h, what, rejects)
     if not valid:
         return []
     xyxy = clip_xyxy(np.array([[b.x1, b.y1, b.x2, b.y2] for b in valid], dtype=np.float64), w, h)
@@ -48,20 +54,24 @@ def _stored_boxes(rec: RawRecord, boxes: list[PixelBox], w: int, h: int, what: s
 
 
 def process_record(rec: RawRecord, image_size: int, equalize_dicom: bool, sentences: list[str] | None,
-                   ) -> tuple[dict[str, Any] | None, list[Reject]]:
+                   allow_truncated: bool = False) -> tuple[dict[str, Any] | None, list[Reject]]:
     """One output row (or None when the image is unreadable) and the rejects found on the way."""
     rejects: list[Reject] = []
     try:
-        pixels, w, h = load_resized(Path(rec.image_path), image_size, equalize_dicom=equalize_dicom)
+        pixels, w, h = load_resized(Path(rec.image_path), image_size, equalize_dicom=equalize_dicom,
+                                    allow_truncated=allow_truncated)
     except (ImageDecodeError, OSError) as exc:
         return None, [Reject(rec.source, rec.source_path, "image", str(exc), rec.sample_id)]
+    if min(w, h) <= 0 or (rec.expected_size and min(rec.expected_size) <= 0):
+        return None, [Reject(rec.source, rec.source_path, "image", f"non-positive size {w}x{h} / {rec.expected_size}",
+                             rec.sample_id)]
     # Annotations are in the metadata's pixel frame. A resized copy of the images (common for MIMIC-CXR-JPG) keeps
     # the aspect ratio, and normalized boxes depend only on that, so box math runs in the metadata frame.
     fw, fh = rec.expected_size or (w, h)
     if abs(fw / fh - w / h) > ASPECT_TOLERANCE * (w / h):
         return None, [Reject(rec.source, rec.source_path, "image",
                              f"image is {w}x{h} but its metadata says {fw}x{fh} (different aspect ratio)", rec.sample_id)]
-    boxes = fuse_boxes(rec.boxes, fw, fh) if rec.fuse_boxes else rec.boxes
+    boxes = fuse_boxes(_inside(rec, rec.boxes, fw, fh, "finding", rejects), fw, fh) if rec.fuse_boxes else rec.boxes
     row: dict[str, Any] = {
         "source": rec.source, "split": rec.split, "sample_id": rec.sample_id, "image_id": rec.image_id,
         "patient_id": rec.patient_id, "study_id": rec.study_id, "view_position": rec.view_position,
@@ -75,18 +85,34 @@ def process_record(rec: RawRecord, image_size: int, equalize_dicom: bool, senten
         where = rec.scene_graph_source_path or rec.scene_graph[1]
         try:
             sg = parse_scene_graph(read_scene_graph_bytes(*rec.scene_graph), fw, fh)
-        except (SceneGraphError, OSError, KeyError) as exc:
-            rejects.append(Reject(rec.source, where, "scene_graph", str(exc), rec.sample_id))
+        except Exception as exc:  # noqa: BLE001 - malformed JSON shapes raise arbitrary types; the image stays
+            reason = str(exc) if isinstance(exc, SceneGraphError) else f"unreadable scene graph ({type(exc).__name__}: {exc})"
+            rejects.append(Reject(rec.source, where, "scene_graph", reason, rec.sample_id))
         else:
             rejects += [Reject(rec.source, where, "scene_graph", f"anatomy box {d}", rec.sample_id) for d in sg.dropped]
             row["region_boxes"] = _stored_boxes(rec, sg.boxes, fw, fh, "anatomy", rejects)
             row["region_labels"] = [{"region": r, "finding": f, "value": v} for r, f, v in sorted(sg.labels)]
             row["region_phrases"] = [{"region": r, "phrases": p} for r, p in sorted(sg.phrases.items())]
-    for g in rec.grounded_phrases:
+    for g in rec.grounded_phrases:   # their boxes are the record's finding boxes too
         stored = _stored_boxes(rec, g.boxes, fw, fh, f"phrase '{g.phrase}'", rejects)
         if stored:
             row["grounded_phrases"].append({"phrase": g.phrase, "category": g.category, "boxes": stored})
+            row["boxes"] += stored
     return row, rejects
+
+
+def safe_process_record(rec: RawRecord, image_size: int, equalize_dicom: bool, sentences: list[str] | None,
+                        allow_truncated: bool = False) -> tuple[dict[str, Any] | None, list[Reject]]:
+    """process_record that never raises: decoder bugs (e.g. a Rust panic, a BaseException) become a reject.
+
+    The reject names the exception type so such records can be found and reported upstream.
+    """
+    try:
+        return process_record(rec, image_size, equalize_dicom, sentences, allow_truncated)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - one bad record must not kill a job over millions of images
+        return None, [Reject(rec.source, rec.source_path, "internal", f"{type(exc).__name__}: {exc}", rec.sample_id)]
 
 
 def read_reports(records: list[RawRecord]) -> tuple[list[list[str] | None], list[Reject]]:

@@ -15,10 +15,12 @@ def load_tables(out: Path, columns: list[str] | None = None) -> pl.DataFrame:
 
 
 def summary_table(out: Path) -> str:
-    cols = ["source", "split", "boxes", "labels", "report_sentences", "region_boxes", "region_labels", "grounded_phrases"]
-    df = load_tables(out, cols)
-    stats = (
-        df.group_by("source", "split").agg(
+    """Per source/split: images, boxes, positive labels, sentences, anatomy boxes and labels, phrases; then rejects."""
+    header = ["source", "split", "images", "boxes", "pos_labels", "sentences", "region_boxes", "region_labels", "phrases"]
+    lines = [" ".join(f"{h:>13}" for h in header)]
+    if any((out / TABLES).rglob("*.parquet")):
+        cols = ["source", "split", "boxes", "labels", "report_sentences", "region_boxes", "region_labels", "grounded_phrases"]
+        stats = load_tables(out, cols).group_by("source", "split").agg(
             pl.len().alias("images"),
             pl.col("boxes").list.len().sum().alias("boxes"),
             pl.col("labels").list.eval(pl.element().struct.field("value") == 1).list.sum().sum().alias("pos_labels"),
@@ -27,12 +29,10 @@ def summary_table(out: Path) -> str:
             pl.col("region_labels").list.len().sum().alias("region_labels"),
             pl.col("grounded_phrases").list.len().sum().alias("phrases"),
         ).sort("source", "split")
-    )
-    header = ["source", "split", "images", "boxes", "pos_labels", "sentences", "region_boxes", "region_labels", "phrases"]
-    lines = [" ".join(f"{h:>13}" for h in header)]
-    lines += [" ".join(f"{str(v):>13}" for v in row) for row in stats.select(header).iter_rows()]
+        lines += [" ".join(f"{str(v):>13}" for v in row) for row in stats.select(header).iter_rows()]
+    else:
+        lines.append("(no rows written)")
     rejects = pl.read_parquet(out / REJECTS / "rejects.parquet")
-    lines.append(f"rejects: {rejects.height}" + (
-        " (" + ", ".join(f"{s}: {n}" for s, n in rejects.group_by("stage").len().sort("stage").iter_rows()) + ")"
-        if rejects.height else ""))
+    by_stage = ", ".join(f"{stage}: {n}" for stage, n in rejects.group_by("stage").len().sort("stage").iter_rows())
+    lines.append(f"rejects: {rejects.height}" + (f" ({by_stage})" if by_stage else ""))
     return "\n".join(lines)

@@ -46,14 +46,16 @@ def index_scene_graphs(root: Path) -> dict[str, tuple[str, str]]:
 
 
 @lru_cache(maxsize=4)
-def _open_zip(path: str) -> zipfile.ZipFile:
+def _open_zip(path: str, mtime_ns: int, size: int) -> zipfile.ZipFile:
     return zipfile.ZipFile(path)
 
 
 def read_scene_graph_bytes(container: str, member: str) -> bytes:
-    """Bytes of one graph; open zips are cached per process because the real archive has ~242k members."""
+    """Bytes of one graph; open zips are cached per process (the real archive has ~242k members), keyed on the
+    file's mtime and size so a long-lived worker never reads a rewritten archive through a stale directory."""
     if container.endswith(".zip"):
-        return _open_zip(container).read(member)
+        st = Path(container).stat()
+        return _open_zip(container, st.st_mtime_ns, st.st_size).read(member)
     return (Path(container) / member).read_bytes()
 
 
@@ -70,6 +72,9 @@ def parse_scene_graph(data: bytes, width: int, height: int) -> SceneGraph:
     sg = SceneGraph()
     merged: dict[str, PixelBox] = {}
     for obj in graph["objects"]:
+        if not isinstance(obj, dict):
+            sg.dropped.append(f"malformed object entry {str(obj)[:60]!r}")
+            continue
         name = obj.get("bbox_name")
         try:
             x1, y1, x2, y2 = (float(obj[k]) for k in ("original_x1", "original_y1", "original_x2", "original_y2"))
@@ -91,11 +96,11 @@ def parse_scene_graph(data: bytes, width: int, height: int) -> SceneGraph:
     sg.boxes = list(merged.values())
     labels: dict[tuple[str, str], int] = {}
     for attr in graph.get("attributes") or []:
-        region = attr.get("bbox_name")
+        region = attr.get("bbox_name") if isinstance(attr, dict) else None
         if not isinstance(region, str):
             continue
         for phrase_attrs in attr.get("attributes") or []:
-            for item in phrase_attrs:
+            for item in phrase_attrs if isinstance(phrase_attrs, list) else []:
                 parts = str(item).split("|")
                 if len(parts) != 3:
                     continue

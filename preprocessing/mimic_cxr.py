@@ -7,7 +7,7 @@ import polars as pl
 
 from preprocessing.classes import CHEXPERT_14, MIMIC_SPLIT_MAP
 from preprocessing.records import RawRecord, Reject, relative
-from preprocessing.tables import find_table, parse_float, parse_int, read_csv_strings
+from preprocessing.tables import find_table, parse_float, read_csv_strings
 
 SOURCE = "mimic_cxr"
 METADATA = "mimic-cxr-2.0.0-metadata.csv.gz"
@@ -20,14 +20,23 @@ def study_relpath(subject_id: int, study_id: int) -> str:
     return f"files/p{s[:2]}/p{s}/s{study_id}"
 
 
-def read_chexpert(path: Path | None) -> dict[tuple[int, int], dict[str, int]]:
-    """(subject_id, study_id) -> {label: 1 | 0 | -1}; blank cells (not mentioned) are left out."""
+CHEXPERT_VALUES = {1.0: 1, 0.0: 0, -1.0: -1}
+
+
+def read_chexpert(path: Path | None, raw_root: Path, rejects: list[Reject]) -> dict[tuple[int, int], dict[str, int]]:
+    """(subject_id, study_id) -> {label: 1 | 0 | -1}; blank cells (not mentioned) are left out, bad cells rejected."""
     if path is None:
         return {}
     out = {}
-    for row in read_csv_strings(path).iter_rows(named=True):
-        key = (parse_int(row["subject_id"]), parse_int(row["study_id"]))
-        out[key] = {name: int(v) for name in CHEXPERT_14 if name in row and (v := parse_float(row[name])) is not None}
+    for i, row in enumerate(read_csv_strings(path).iter_rows(named=True)):
+        try:
+            key = (int(row["subject_id"]), int(row["study_id"]))
+            out[key] = {name: CHEXPERT_VALUES[v] for name in CHEXPERT_14
+                        if name in row and (v := parse_float(row[name])) is not None}
+        except (TypeError, ValueError, KeyError) as exc:
+            rejects.append(Reject(SOURCE, f"{relative(path, raw_root)}#row{i + 2}", "table",
+                                  f"unreadable label row ({type(exc).__name__}: {exc}); study kept without labels",
+                                  str(row.get("study_id"))))
     return out
 
 
@@ -41,13 +50,15 @@ def read_mimic_cxr(jpg_root: Path, raw_root: Path, reports_root: Path | None = N
         return [], [Reject(SOURCE, relative(jpg_root, raw_root), "table", f"missing {METADATA} or {SPLIT}")]
     meta = read_csv_strings(meta_path)
     splits = read_csv_strings(split_path).select("dicom_id", "split")
-    labels = read_chexpert(find_table(jpg_root, CHEXPERT))
+    labels = read_chexpert(find_table(jpg_root, CHEXPERT), raw_root, rejects)
     joined = meta.join(splits, on="dicom_id", how="left")
     missing_reports: set[int] = set()
     for row in joined.iter_rows(named=True):
         try:
             subject, study = int(row["subject_id"]), int(row["study_id"])
             width, height = int(row["Columns"]), int(row["Rows"])
+            if width <= 0 or height <= 0:
+                raise ValueError("non-positive size")
         except (TypeError, ValueError):
             rejects.append(Reject(SOURCE, relative(meta_path, raw_root), "table",
                                   f"unparseable ids or size in metadata row {row}", str(row.get("dicom_id"))))

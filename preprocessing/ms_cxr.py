@@ -25,6 +25,21 @@ def find_alignment_csv(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _frame_scale(row: dict, image: dict) -> tuple[float, float] | None:
+    """Scale from the CSV's image_width/height frame to the MIMIC metadata frame; None if the aspect differs."""
+    try:
+        iw, ih = float(row["image_width"]), float(row["image_height"])
+    except (KeyError, TypeError, ValueError):
+        return (1.0, 1.0)   # no usable frame in the CSV: the boxes are taken to be in the metadata frame
+    if iw <= 0 or ih <= 0:
+        return None
+    if not image["width"] or (iw, ih) == (image["width"], image["height"]):
+        return (1.0, 1.0)
+    if abs(iw / ih - image["width"] / image["height"]) > 0.01 * image["width"] / image["height"]:
+        return None
+    return image["width"] / iw, image["height"] / ih
+
+
 def read_ms_cxr(root: Path, raw_root: Path, mimic_images: pl.DataFrame) -> tuple[list[RawRecord], list[Reject]]:
     """Rows are resolved to MIMIC-CXR-JPG images by dicom_id (the CSV's own path may point at a .dcm)."""
     csv_path = find_alignment_csv(root)
@@ -46,6 +61,13 @@ def read_ms_cxr(root: Path, raw_root: Path, mimic_images: pl.DataFrame) -> tuple
         except (TypeError, ValueError):
             rejects.append(Reject(SOURCE, where, "box", "non-numeric x/y/w/h", dicom_id))
             continue
+        frame = _frame_scale(row, lookup[dicom_id])
+        if frame is None:
+            rejects.append(Reject(SOURCE, where, "box", f"box frame {row.get('image_width')}x{row.get('image_height')} does "
+                                  f"not match the image's {lookup[dicom_id]['width']}x{lookup[dicom_id]['height']}", dicom_id))
+            continue
+        x, w = x * frame[0], w * frame[0]
+        y, h = y * frame[1], h * frame[1]
         phrase = clean_phrase(row["label_text"] or "")
         if not phrase:
             rejects.append(Reject(SOURCE, where, "phrase", "empty label_text", dicom_id))
@@ -65,7 +87,7 @@ def read_ms_cxr(root: Path, raw_root: Path, mimic_images: pl.DataFrame) -> tuple
             image_path=img["image_path"], source_path=img["source_path"], patient_id=img["patient_id"],
             study_id=img["study_id"], view_position=img["view_position"],
             expected_size=(img["width"], img["height"]) if img["width"] else None,
-            boxes=[b for g in phrases for b in g.boxes], labels={g.category: 1 for g in phrases},
+            labels={g.category: 1 for g in phrases},
             grounded_phrases=phrases,
         ))
     return records, rejects

@@ -24,7 +24,7 @@ def _rows(path: Path) -> list[list[str]]:
 
 def index_images(root: Path) -> dict[str, Path]:
     """Image Index -> file, for both the Kaggle layout (images_0XX/images/) and a flat images/ folder."""
-    return {p.name: p for p in sorted(root.glob("images*/**/*.png")) + sorted(root.glob("images/*.png"))}
+    return {p.name: p for p in sorted(root.glob("images*/**/*.png"))}
 
 
 def read_nih(root: Path, raw_root: Path, seed: int) -> tuple[list[RawRecord], list[Reject]]:

@@ -7,8 +7,8 @@ import polars as pl
 
 
 def find_table(root: Path, name: str) -> Path | None:
-    """`name.csv.gz` or `name.csv` under root (users often keep uncompressed copies)."""
-    for candidate in (root / f"{name}.gz", root / name, root / name.removesuffix(".gz")):
+    """`name` (e.g. `x.csv.gz`) or its uncompressed `x.csv` under root (users often keep uncompressed copies)."""
+    for candidate in (root / name, root / name.removesuffix(".gz")):
         if candidate.is_file():
             return candidate
     return None
@@ -17,12 +17,6 @@ def find_table(root: Path, name: str) -> Path | None:
 def read_csv_strings(path: Path) -> pl.DataFrame:
     """All cells as strings (empty -> null); typed parsing happens per row where a bad cell can be rejected."""
     return pl.read_csv(path, infer_schema=False, truncate_ragged_lines=True)
-
-
-def parse_int(value: str | None) -> int | None:
-    if value is None or not value.strip():
-        return None
-    return int(float(value))
 
 
 def parse_float(value: str | None) -> float | None:

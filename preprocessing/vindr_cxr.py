@@ -43,14 +43,20 @@ def fuse_boxes(boxes: list[PixelBox], width: int, height: int) -> list[PixelBox]
     return fused
 
 
-def _labels(path: Path, has_reader: bool) -> dict[str, dict[str, int]]:
-    """image_id -> label -> 0/1; with readers, the majority vote (ties impossible with three readers)."""
+def _labels(path: Path, raw_root: Path, rejects: list[Reject]) -> dict[str, dict[str, int]]:
+    """image_id -> label -> 0/1; with a rad_id column, the majority vote of the readers (no ties with three)."""
     df = read_csv_strings(path).rename(lambda c: LABEL_RENAMES.get(c, c))
     votes: dict[str, list[dict[str, int]]] = defaultdict(list)
-    for row in df.iter_rows(named=True):
-        votes[row["image_id"]].append({n: int(float(row[n] or 0)) for n in VINDR_LABELS_28 if n in row})
-    return {img: {n: int(sum(v[n] for v in vs) * 2 > len(vs)) for n in vs[0]} if has_reader else vs[0]
-            for img, vs in votes.items()}
+    for i, row in enumerate(df.iter_rows(named=True)):
+        try:
+            votes[row["image_id"]].append({n: {0.0: 0, 1.0: 1}[float(row[n] or 0)] for n in VINDR_LABELS_28 if n in row})
+        except (KeyError, ValueError) as exc:
+            rejects.append(Reject(SOURCE, f"{relative(path, raw_root)}#row{i + 2}", "table",
+                                  f"label row with a value other than 0/1 ({exc}); vote taken without it",
+                                  str(row.get("image_id"))))
+    if "rad_id" not in df.columns:
+        return {img: vs[0] for img, vs in votes.items()}
+    return {img: {n: int(sum(v[n] for v in vs) * 2 > len(vs)) for n in vs[0]} for img, vs in votes.items()}
 
 
 def _boxes(path: Path, raw_root: Path, rejects: list[Reject]) -> dict[str, list[PixelBox]]:
@@ -82,7 +88,7 @@ def read_vindr(root: Path, raw_root: Path, seed: int) -> tuple[list[RawRecord], 
             rejects.append(Reject(SOURCE, relative(ann, raw_root), "table", f"missing {box_file.name} or {label_file.name}"))
             continue
         boxes = _boxes(box_file, raw_root, rejects)
-        labels = _labels(label_file, has_reader="rad_id" in read_csv_strings(label_file).columns)
+        labels = _labels(label_file, raw_root, rejects)
         ids = sorted(set(boxes) | set(labels))
         if official == "test":
             order = np.random.default_rng(seed).permutation(len(ids))

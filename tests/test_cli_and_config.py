@@ -43,6 +43,17 @@ def test_bad_config_key_is_one_line_exit_1(tmp_path, capsys):
     assert "sources.: unknown key(s) ['mimic']" in err and err.count("\n") == 1
 
 
+def test_synth_then_ingest_from_the_command_line(tmp_path, ray_local, capsys):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    assert main(["synth", "--out", str(raw), "--studies", "3", "--image-scale", "0.05", "--workers", "1"]) == 0
+    assert "mimic_studies=3" in capsys.readouterr().out
+    assert main(["ingest", "--raw", str(raw), "--out", str(out), "--image-size", "32"]) == 0
+    printed = capsys.readouterr().out
+    assert "ingest done" in printed and "mimic_cxr" in printed and "rejects: 0" in printed
+    assert main(["ingest", "--raw", str(raw), "--out", str(out), "--image-size", "32"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
 def test_shipped_yaml_equals_the_dataclass_defaults():
     assert load_config(IngestConfig, REPO / "configs" / "ingest.yaml") == IngestConfig()
 

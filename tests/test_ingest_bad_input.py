@@ -96,8 +96,11 @@ def test_missing_report_is_rejected_and_its_images_kept(broken):
 
 
 def test_every_good_record_is_present(broken, synth_raw, ray_local, tmp_path):
-    clean = run_ingest(synth_raw, tmp_path / "clean", IngestConfig(image_size=SIZE))
-    clean_rows = {k: v["rows"] for k, v in clean["datasets"].items()}
-    broken_rows = {k: v["rows"] for k, v in broken["manifest"]["datasets"].items()}
-    assert sum(clean_rows.values()) - sum(broken_rows.values()) == 2     # exactly the two unreadable images
+    run_ingest(synth_raw, tmp_path / "clean", IngestConfig(image_size=SIZE))
+    clean = pl.scan_parquet(tmp_path / "clean" / "tables" / "**" / "*.parquet", hive_partitioning=True).collect()
+    keys = ["source", "split", "sample_id"]
+    lost = set(clean.select(keys).iter_rows()) - set(broken["table"].select(keys).iter_rows())
+    assert {(source, sample_id.split("/")[-1]) for source, _, sample_id in lost} == {
+        ("mimic_cxr", broken["jpg"].stem), ("vindr_cxr", broken["dcm"].stem)}   # exactly the two unreadable images
+    assert broken["table"].height == clean.height - 2
     assert broken["manifest"]["rejects"]["rows"] == broken["rejects"].height == 5

@@ -770,7 +770,7 @@ def _ms_cxr_record(tmp_path: Path, subject: str, study: str, dicom: str, split: 
     return RawRecord(source="ms_cxr", split=split, sample_id=f"{subject}/{study}/{dicom}", image_id=dicom,
                      image_path=str(tmp_path / "mimic-cxr-jpg" / rel), source_path=f"mimic-cxr-jpg/{rel}",
                      patient_id=subject, study_id=study, view_position=view, expected_size=SIZES[dicom],
-                     boxes=[b for g in phrases for b in g.boxes], labels={g.category: 1 for g in phrases},
+                     labels={g.category: 1 for g in phrases},
                      grounded_phrases=phrases)
 
 

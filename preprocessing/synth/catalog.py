@@ -32,7 +32,7 @@ CATALOG: dict[str, LesionSpec] = {
         zones=("lower",), sided=True,
         positive=("There is a {size} {side} pleural effusion.", "{Size} {side} pleural effusion.",
                   "{Side} pleural effusion with blunting of the costophrenic angle."),
-        negative=("No pleural effusion.", "There is no pleural effusion.", "No pleural effusion or pneumothorax."),
+        negative=("No pleural effusion.", "There is no pleural effusion.", "No pleural effusions are seen."),
         uncertain=("Possible small {side} pleural effusion.",),
     ),
     "cardiomegaly": LesionSpec(

@@ -1,11 +1,12 @@
 """`chex synth`: write every raw source from one seeded ground truth, rendering images on all cores."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,14 @@ class SynthTruth:
     rng: dict[str, np.random.Generator]
 
 
+MARKER = "chex-synth.json"
+
+
+def marker(cfg: SynthConfig) -> dict[str, Any]:
+    """What identifies a generated tree (written last, so an interrupted run has none)."""
+    return {k: v for k, v in asdict(cfg).items() if k != "workers"}
+
+
 def sample_truth(cfg: SynthConfig) -> SynthTruth:
     """Independent generators per source, so changing one source's size leaves the others' bytes unchanged."""
     rng = {name: np.random.default_rng([cfg.seed, k]) for k, name in enumerate(("mimic", "cig", "mscxr", "vindr", "nih"))}
@@ -93,6 +102,7 @@ def synthesize(out: Path, cfg: SynthConfig) -> dict[str, int]:
     write_mscxr.write_ms_cxr(out, studies, mimic_boxes, rng["mscxr"])
     write_vindr.write_annotations(out, vindr, vindr_boxes, rng["vindr"])
     write_nih.write_tables(out, nih, nih_boxes, rng["nih"])
+    (out / MARKER).write_text(json.dumps(marker(cfg), sort_keys=True) + "\n")
     return {
         "mimic_studies": len(studies), "mimic_images": len(mimic_jobs), "scene_graphs": sum(im.frontal for s in studies for im in s.images),
         "vindr_images": len(vindr), "nih_images": len(nih), "seconds": round(time.perf_counter() - t0, 1),

@@ -14,7 +14,7 @@ INDICATIONS = ("cough // ?pneumonia", "shortness of breath", "fever, evaluate fo
 
 def _paragraph(text: str) -> list[str]:
     """Wrap at 79 characters including the leading space that every report line carries."""
-    return [" " + line for line in textwrap.wrap(text, width=78)]
+    return [" " + line for line in textwrap.wrap(text, width=78, break_on_hyphens=False)]
 
 
 def _section(header: str, text: str) -> list[str]:

@@ -137,8 +137,10 @@ def describe(rng: np.random.Generator, lesions: list[Lesion]) -> tuple[list[Sent
         findings.append(Sentence(text, lesion.kind, "uncertain" if uncertain else "yes", (i,),
                                  cig_regions(lesion.kind, lesion.side, lesion.zone)))
         done.add(i)
-    present = {lesion.kind for lesion in lesions}
-    absent = [k for k in CATALOG if k not in present and CATALOG[k].negative and k != "mass"]
+    present_labels = {name for lesion in lesions for name in CATALOG[lesion.kind].chexpert}
+    # a kind is only denied when it shares no CheXpert label with a present one ("no opacity" beside consolidation
+    # would contradict the image)
+    absent = [k for k in CATALOG if not present_labels & set(CATALOG[k].chexpert)]
     for k in rng.permutation(absent)[: int(rng.integers(1, 4))]:
         neg = CATALOG[k].negative
         findings.append(Sentence(neg[int(rng.integers(len(neg)))], str(k), "no", (), negation_regions(str(k))))
@@ -167,8 +169,9 @@ def sample_studies(rng: np.random.Generator, n_studies: int, image_scale: float)
     style_p = (0.6, 0.15, 0.1, 0.08, 0.07)
     studies: list[StudyTruth] = []
     patient = 0
+    stride = max(1, 9_999_999 // n_studies)
     while len(studies) < n_studies:
-        subject_id = 10000000 + patient * 91373 + int(rng.integers(0, 90000))
+        subject_id = 10000000 + patient * stride + int(rng.integers(0, stride))  # stays within 1xxxxxxx
         patient += 1
         split = str(rng.choice(list(SPLIT_P), p=list(SPLIT_P.values())))
         base_date = 21500101 + int(rng.integers(0, 50)) * 10000 + int(rng.integers(1, 12)) * 100

@@ -72,7 +72,7 @@ def write_tables(root: Path, images: list[NihImage], boxes: dict[str, list], rng
             name = CATALOG[les.kind].nih
             if name in NIH_BOX_8:
                 label = "Infiltrate" if name == "Infiltration" else name
-                bbox_rows.append(f"{im.index},{label},{x1!r},{y1!r},{x2 - x1!r},{y2 - y1!r}")
+                bbox_rows.append(f"{im.index},{label},{float(x1)},{float(y1)},{float(x2 - x1)},{float(y2 - y1)}")
     base = root / NIH_DIR
     write_text(base / "Data_Entry_2017.csv", DATA_ENTRY_HEADER + "\n" + "".join(e + "\n" for e in entries))
     write_text(base / "BBox_List_2017.csv", BBOX_HEADER + "\n" + "".join(r + "\n" for r in bbox_rows))
