@@ -1,6 +1,10 @@
 # Two commands are all a new user needs: `make demo` and `make test`.
 # Both create or refresh .venv; the install is skipped when pyproject.toml and constraints.txt are unchanged.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
+# pip notes about unreachable local index folders of some build machines are noise, not errors
+PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -16,8 +20,8 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,serve]'
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0 $(PIP_QUIET)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,serve]' $(PIP_QUIET)
 	@touch $(STAMP)
 
 demo: install

@@ -43,7 +43,7 @@ TABLES = "tables"
 # reports folder also holds terabytes of DICOMs that ingest never opens).
 SOURCE_FILES: dict[str, tuple[str, ...]] = {
     "mimic_cxr_jpg": ("*.csv", "*.csv.gz", "files/p*/p*/s*/*.jpg"),
-    "mimic_cxr_reports": ("files/p*/p*/s*.txt",),
+    "mimic_cxr_reports": ("files/p*/p*/s*.txt", "*.zip"),
     "chest_imagenome": ("**/scene_graph*.zip", "**/*_SceneGraph.json"),
     "ms_cxr": ("**/MS_CXR_Local_Alignment_v*.csv",),
     "vindr_cxr": ("annotations/*.csv", "train/*.dicom", "test/*.dicom"),

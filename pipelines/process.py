@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from preprocessing.box_geometry import box_inside_image, clip_xyxy, xyxy_to_stored_cxcywh
-from preprocessing.chest_imagenome import SceneGraphError, parse_scene_graph, read_scene_graph_bytes
+from preprocessing.archive import read_member
+from preprocessing.chest_imagenome import SceneGraphError, parse_scene_graph
 from preprocessing.image_io import ImageDecodeError, encode_png, load_resized
 from preprocessing.records import PixelBox, RawRecord, Reject
 from preprocessing.sentences import report_sentences_batch
@@ -84,7 +87,7 @@ def process_record(rec: RawRecord, image_size: int, equalize_dicom: bool, senten
     if rec.scene_graph is not None:
         where = rec.scene_graph_source_path or rec.scene_graph[1]
         try:
-            sg = parse_scene_graph(read_scene_graph_bytes(*rec.scene_graph), fw, fh)
+            sg = parse_scene_graph(read_member(*rec.scene_graph), fw, fh)
         except Exception as exc:  # noqa: BLE001 - malformed JSON shapes raise arbitrary types; the image stays
             reason = str(exc) if isinstance(exc, SceneGraphError) else f"unreadable scene graph ({type(exc).__name__}: {exc})"
             rejects.append(Reject(rec.source, where, "scene_graph", reason, rec.sample_id))
@@ -116,23 +119,26 @@ def safe_process_record(rec: RawRecord, image_size: int, equalize_dicom: bool, s
 
 
 def read_reports(records: list[RawRecord]) -> tuple[list[list[str] | None], list[Reject]]:
-    """Sentences per record (None without a report); reports are split in one spaCy batch."""
-    texts: dict[str, str] = {}
+    """Sentences per record (None without a report); the batch's reports are split in one spaCy pass."""
+    texts: dict[tuple[str, str], str] = {}
+    first: dict[tuple[str, str], RawRecord] = {}
     rejects = []
     for rec in records:
-        if rec.report_path and rec.report_path not in texts:
-            try:
-                texts[rec.report_path] = Path(rec.report_path).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                rejects.append(Reject(rec.source, rec.report_source_path or rec.report_path, "report",
-                                      f"unreadable report: {exc}", rec.study_id or ""))
+        if rec.report is None or rec.report in first:
+            continue
+        first[rec.report] = rec
+        try:
+            texts[rec.report] = read_member(*rec.report).decode("utf-8")
+        except (OSError, KeyError, UnicodeDecodeError, zipfile.BadZipFile, zlib.error) as exc:
+            rejects.append(Reject(rec.source, rec.report_source_path or rec.report[1], "report",
+                                  f"unreadable report: {type(exc).__name__}: {exc}", rec.study_id or ""))
     parsed = dict(zip(texts, report_sentences_batch(list(texts.values())), strict=True))
-    for path, sentences in parsed.items():
+    for key, sentences in parsed.items():
         if not sentences:
-            rec = next(r for r in records if r.report_path == path)
-            rejects.append(Reject(rec.source, rec.report_source_path or path, "report",
+            rec = first[key]
+            rejects.append(Reject(rec.source, rec.report_source_path or key[1], "report",
                                   "report has no findings/impression sentences", rec.study_id or ""))
-    return [parsed.get(r.report_path) if r.report_path else None for r in records], rejects
+    return [parsed.get(r.report) if r.report else None for r in records], rejects
 
 
 def row_digest(row: dict[str, Any]) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import zipfile
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 from preprocessing.classes import FRONTAL_VIEWS
@@ -43,20 +42,6 @@ def index_scene_graphs(root: Path) -> dict[str, tuple[str, str]]:
     for path in sorted(root.rglob(f"*{SUFFIX}")):
         index.setdefault(path.name[: -len(SUFFIX)], (str(path.parent), path.name))
     return index
-
-
-@lru_cache(maxsize=4)
-def _open_zip(path: str, mtime_ns: int, size: int) -> zipfile.ZipFile:
-    return zipfile.ZipFile(path)
-
-
-def read_scene_graph_bytes(container: str, member: str) -> bytes:
-    """Bytes of one graph; open zips are cached per process (the real archive has ~242k members), keyed on the
-    file's mtime and size so a long-lived worker never reads a rewritten archive through a stale directory."""
-    if container.endswith(".zip"):
-        st = Path(container).stat()
-        return _open_zip(container, st.st_mtime_ns, st.st_size).read(member)
-    return (Path(container) / member).read_bytes()
 
 
 def parse_scene_graph(data: bytes, width: int, height: int) -> SceneGraph:

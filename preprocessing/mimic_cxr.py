@@ -1,11 +1,14 @@
 """MIMIC-CXR-JPG tables + MIMIC-CXR report paths -> one RawRecord per image (all views kept, view recorded)."""
 from __future__ import annotations
 
+import re
+import zipfile
 from pathlib import Path
 
 import polars as pl
 
 from preprocessing.classes import CHEXPERT_14, MIMIC_SPLIT_MAP
+from preprocessing.archive import location
 from preprocessing.records import RawRecord, Reject, relative
 from preprocessing.tables import find_table, parse_float, read_csv_strings
 
@@ -13,6 +16,7 @@ SOURCE = "mimic_cxr"
 METADATA = "mimic-cxr-2.0.0-metadata.csv.gz"
 SPLIT = "mimic-cxr-2.0.0-split.csv.gz"
 CHEXPERT = "mimic-cxr-2.0.0-chexpert.csv.gz"
+REPORT_MEMBER = re.compile(r"files/p\d\d/p\d+/s\d+\.txt")
 
 
 def study_relpath(subject_id: int, study_id: int) -> str:
@@ -40,6 +44,18 @@ def read_chexpert(path: Path | None, raw_root: Path, rejects: list[Reject]) -> d
     return out
 
 
+def index_reports(root: Path) -> tuple[str, set[str]]:
+    """(container, members) of the reports: the extracted `files/` tree, else `mimic-cxr-reports.zip` as shipped."""
+    if (root / "files").is_dir():
+        return str(root), {p.relative_to(root).as_posix() for p in root.glob("files/p*/p*/s*.txt")}
+    for zpath in sorted(root.glob("*.zip")):
+        with zipfile.ZipFile(zpath) as zf:
+            members = {n for n in zf.namelist() if REPORT_MEMBER.fullmatch(n)}
+        if members:
+            return str(zpath), members
+    return str(root), set()
+
+
 def read_mimic_cxr(jpg_root: Path, raw_root: Path, reports_root: Path | None = None,
                    scene_graphs: dict[str, tuple[str, str]] | None = None) -> tuple[list[RawRecord], list[Reject]]:
     """Join metadata and split on dicom_id, labels on (subject, study); attach report and scene-graph locations."""
@@ -52,6 +68,7 @@ def read_mimic_cxr(jpg_root: Path, raw_root: Path, reports_root: Path | None = N
     splits = read_csv_strings(split_path).select("dicom_id", "split")
     labels = read_chexpert(find_table(jpg_root, CHEXPERT), raw_root, rejects)
     joined = meta.join(splits, on="dicom_id", how="left")
+    reports = index_reports(reports_root) if reports_root is not None else None
     missing_reports: set[int] = set()
     for row in joined.iter_rows(named=True):
         try:
@@ -75,18 +92,19 @@ def read_mimic_cxr(jpg_root: Path, raw_root: Path, reports_root: Path | None = N
             patient_id=str(subject), study_id=str(study), view_position=row["ViewPosition"] or "",
             expected_size=(width, height), labels=labels.get((subject, study), {}),
         )
-        if reports_root is not None:
-            report = reports_root / f"{study_relpath(subject, study)}.txt"
-            if report.is_file():
-                record.report_path, record.report_source_path = str(report), relative(report, raw_root)
+        if reports is not None:
+            member = f"{study_relpath(subject, study)}.txt"
+            if member in reports[1]:
+                record.report = (reports[0], member)
+                record.report_source_path = location(reports[0], member, raw_root)
             elif study not in missing_reports:
                 missing_reports.add(study)
-                rejects.append(Reject(SOURCE, relative(report, raw_root), "report",
+                rejects.append(Reject(SOURCE, location(reports[0], member, raw_root), "report",
                                       f"study s{study} has no report file; its images are kept without sentences",
                                       str(study)))
         if scene_graphs and row["dicom_id"] in scene_graphs:
             record.scene_graph = scene_graphs[row["dicom_id"]]
-            record.scene_graph_source_path = relative(Path(record.scene_graph[0]), raw_root) + "::" + record.scene_graph[1]
+            record.scene_graph_source_path = location(*record.scene_graph, raw_root)
         records.append(record)
     unmatched = splits.join(meta.select("dicom_id"), on="dicom_id", how="anti")
     rejects += [Reject(SOURCE, relative(split_path, raw_root), "table", f"dicom_id {d} is in the split file but not in the metadata", d)

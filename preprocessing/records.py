@@ -46,9 +46,9 @@ class RawRecord:
     boxes: list[PixelBox] = field(default_factory=list)
     fuse_boxes: bool = False          # VinDr train: fuse readers' boxes per class once the image size is known
     labels: dict[str, int] = field(default_factory=dict)
-    report_path: str | None = None    # MIMIC report (absolute); parsed by the worker
+    report: tuple[str, str] | None = None           # MIMIC report: (folder or mimic-cxr-reports.zip, member)
     report_source_path: str | None = None
-    scene_graph: tuple[str, str] | None = None      # (zip path or directory, member / file name)
+    scene_graph: tuple[str, str] | None = None      # (folder or scene_graph.zip, member)
     scene_graph_source_path: str | None = None
     grounded_phrases: list[GroundedPhrase] = field(default_factory=list)
 
@@ -63,6 +63,7 @@ class RawRecord:
                                  for g in d["grounded_phrases"]]
         d["expected_size"] = tuple(d["expected_size"]) if d["expected_size"] else None
         d["scene_graph"] = tuple(d["scene_graph"]) if d["scene_graph"] else None
+        d["report"] = tuple(d["report"]) if d["report"] else None
         return RawRecord(**d)
 
 

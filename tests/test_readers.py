@@ -14,12 +14,8 @@ import pytest
 from ensemble_boxes import weighted_boxes_fusion
 from PIL import Image
 
-from preprocessing.chest_imagenome import (
-    SceneGraphError,
-    index_scene_graphs,
-    parse_scene_graph,
-    read_scene_graph_bytes,
-)
+from preprocessing.archive import read_member
+from preprocessing.chest_imagenome import SceneGraphError, index_scene_graphs, parse_scene_graph
 from preprocessing.mimic_cxr import image_lookup, read_mimic_cxr
 from preprocessing.ms_cxr import read_ms_cxr
 from preprocessing.nih_cxr import read_nih
@@ -563,19 +559,37 @@ def test_mimic_table_rejects(mimic_tree) -> None:
 def test_mimic_report_paths_and_one_reject_per_study_without_report(mimic_tree) -> None:
     raw, jpg, reports = mimic_tree
     records, rejects = read_mimic_cxr(jpg, raw, reports_root=reports)
-    got = {r.image_id: (r.report_path, r.report_source_path) for r in records}
-    s1 = reports / "files/p10/p10000001/s50000001.txt"
-    s2 = reports / "files/p10/p10000001/s50000002.txt"
+    got = {r.image_id: (r.report, r.report_source_path) for r in records}
+    s1 = (str(reports), "files/p10/p10000001/s50000001.txt")
+    s2 = (str(reports), "files/p10/p10000001/s50000002.txt")
     assert got == {
-        D1: (str(s1), "mimic-cxr/files/p10/p10000001/s50000001.txt"),
-        D2: (str(s1), "mimic-cxr/files/p10/p10000001/s50000001.txt"),
-        D3: (str(s2), "mimic-cxr/files/p10/p10000001/s50000002.txt"),
+        D1: (s1, "mimic-cxr/files/p10/p10000001/s50000001.txt"),
+        D2: (s1, "mimic-cxr/files/p10/p10000001/s50000001.txt"),
+        D3: (s2, "mimic-cxr/files/p10/p10000001/s50000002.txt"),
         D4: (None, None),
         D5: (None, None),
     }
     report_rejects = [r for r in rejects if r.stage == "report"]
     assert [(r.source_path, r.record_id) for r in report_rejects] == [
         ("mimic-cxr/files/p11/p11000002/s50000003.txt", "50000003")]
+
+
+def test_mimic_reports_read_from_the_shipped_zip(mimic_tree, tmp_path) -> None:
+    """mimic-cxr-reports.zip as distributed (members files/pXX/...txt) works without extracting it."""
+    raw, jpg, reports = mimic_tree
+    zipped = raw / "mimic-cxr-zip"
+    zipped.mkdir()
+    with zipfile.ZipFile(zipped / "mimic-cxr-reports.zip", "w") as zf:
+        for p in sorted(reports.rglob("*.txt")):
+            zf.write(p, p.relative_to(reports).as_posix())
+    records, rejects = read_mimic_cxr(jpg, raw, reports_root=zipped)
+    by_id = {r.image_id: r for r in records}
+    assert by_id[D1].report == (str(zipped / "mimic-cxr-reports.zip"), "files/p10/p10000001/s50000001.txt")
+    assert by_id[D1].report_source_path == "mimic-cxr-zip/mimic-cxr-reports.zip::files/p10/p10000001/s50000001.txt"
+    assert read_member(*by_id[D1].report) == (reports / "files/p10/p10000001/s50000001.txt").read_bytes()
+    assert by_id[D4].report is None
+    assert [(r.source_path, r.record_id) for r in rejects if r.stage == "report"] == [
+        ("mimic-cxr-zip/mimic-cxr-reports.zip::files/p11/p11000002/s50000003.txt", "50000003")]
 
 
 def test_mimic_scene_graph_locations_attached(mimic_tree) -> None:
@@ -726,8 +740,8 @@ def test_scene_graph_index_zip_and_nested_extracted(tmp_path: Path) -> None:
         D1: (str(zpath), f"scene_graph/{D1}_SceneGraph.json"),
         D3: (str(nested), f"{D3}_SceneGraph.json"),
     }
-    assert read_scene_graph_bytes(*index[D1]) == zipped
-    assert read_scene_graph_bytes(*index[D3]) == extracted
+    assert read_member(*index[D1]) == zipped
+    assert read_member(*index[D3]) == extracted
 
 
 # --------------------------------------------------------------------------------------------------------------
