@@ -181,6 +181,7 @@ def run_ingest(raw: Path, out: Path, cfg: IngestConfig, address: str | None = No
 
     all_rejects = [asdict(r) for r in rejects] + worker_rejects
     datasets = _summarize(staging, rows)
+    (out / mf.MANIFEST).unlink(missing_ok=True)   # no manifest may describe tables it did not see written
     shutil.rmtree(out / TABLES, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     if staging.exists():
