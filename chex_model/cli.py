@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+MODEL_ENV = "CHEX_MODEL"
+
 
 class _Parser(argparse.ArgumentParser):
     """Bad arguments end in one clear line (no usage dump, no traceback)."""
@@ -33,7 +35,7 @@ def _scale(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="chex", description="ChEX pipeline: synthetic data, ingestion (training and evaluation follow).")
+    parser = _Parser(prog="chex", description="ChEX pipeline: synthetic data, ingestion, queries against a trained model.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     synth = sub.add_parser("synth", help="write synthetic raw datasets in their real on-disk layouts")
@@ -54,7 +56,76 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--studies", type=_positive, default=24)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--image-scale", type=_scale, default=1.0)
+
+    q = sub.add_parser("query", help="ask a trained model about one X-ray: text prompts, boxes, or a full report")
+    q.add_argument("image", type=Path, help="JPEG, PNG or DICOM file")
+    q.add_argument("--prompt", action="append", default=[], help="text query (repeatable), e.g. 'Pleural effusion'")
+    q.add_argument("--box", action="append", type=_box, default=[], help="box query cx,cy,w,h normalized to the image (repeatable)")
+    q.add_argument("--box-prompt", nargs=2, action="append", default=[], metavar=("CX,CY,W,H", "TEXT"),
+                   help="box + text query: the box's ROI fused with the prompt (repeatable)")
+    q.add_argument("--classify", nargs=2, action="append", default=[], metavar=("POSITIVE", "NEGATIVE"),
+                   help="also give P(POSITIVE) vs NEGATIVE for every answer (repeatable)")
+    q.add_argument("--report", nargs="?", const="report", default=None, metavar="PROMPT_SET",
+                   help="write a full grounded report (built-in set name or YAML path; default 'report')")
+    q.add_argument("--model", type=Path, default=None, help=f"checkpoint folder (default: ${MODEL_ENV} or demo_run/model)")
+    q.add_argument("--out", type=Path, default=None, help="also draw the answers on the X-ray into this PNG")
+    q.add_argument("--beams", type=_positive, default=1, help="beam width (1 = greedy)")
+    q.add_argument("--max-tokens", type=_positive, default=None, help="longest sentence in tokens")
     return parser
+
+
+def _box(text: str) -> tuple[float, float, float, float]:
+    from chex_model.inference import validate_box
+
+    try:
+        return validate_box([float(v) for v in text.split(",")])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad box {text!r}: {exc}") from None
+
+
+class UsageError(Exception):
+    """A bad argument found after parsing (missing file, unreadable image): one line, exit code 2."""
+
+
+def _query(args: argparse.Namespace) -> None:
+    from chex_model.chex import ChEX
+    from chex_model.draw import Annotation, render
+    from chex_model.inference import prepare_image
+    from preprocessing.image_io import ImageDecodeError
+
+    try:
+        box_prompts = [(_box(b), t) for b, t in args.box_prompt]
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"argument --box-prompt: {exc}") from None
+    if not (args.prompt or args.box or box_prompts or args.report):
+        raise UsageError("give --prompt, --box, --box-prompt or --report")
+    if not args.image.is_file():
+        raise UsageError(f"image {args.image} not found")
+    model_dir = args.model or Path(os.environ.get(MODEL_ENV, "demo_run/model"))
+    if not (model_dir / "config.json").is_file():
+        raise UsageError(f"no ChEX checkpoint in {model_dir} (train one, or pass --model DIR)")
+    try:
+        prepared = prepare_image(args.image, 8)
+    except (ImageDecodeError, ValueError, OSError) as exc:
+        raise UsageError(f"cannot read image {args.image}: {exc}") from None
+    model = ChEX.from_pretrained(model_dir)
+    out: dict = {"image": str(args.image), "model": str(model_dir)}
+    notes: list[Annotation] = []
+    gen = {"max_new_tokens": args.max_tokens, "num_beams": args.beams}
+    if args.prompt or args.box or box_prompts:
+        results = model.query(prepared.original, args.prompt, args.box, box_prompts=box_prompts,
+                              classes=[tuple(c) for c in args.classify], **gen)
+        out["results"] = [r.to_dict() for r in results]
+        notes += [Annotation(r.prompt or "box", r.box, r.sentence) for r in results]
+    if args.report:
+        rep = model.report(prepared.original, args.report, **gen)
+        out["report"] = rep.to_dict()
+        notes += [Annotation(s.query, s.box, s.sentence) for s in rep.sentences]
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        render(prepared.original, notes).save(args.out)
+        out["picture"] = str(args.out)
+    print(json.dumps(out, indent=2))
 
 
 def _ingest_args(p: argparse.ArgumentParser) -> None:
@@ -116,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(raw, ignore_errors=True)
                 _synth(raw, args.studies, args.seed, args.image_scale)
             _ingest(args, raw, args.workdir / "ingested")
+        elif args.command == "query":
+            _query(args)
+    except UsageError as exc:
+        print(f"chex {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except (ConfigError, FileNotFoundError) as exc:
         print(f"chex {args.command}: error: {exc}", file=sys.stderr)
         return 1

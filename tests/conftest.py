@@ -38,3 +38,22 @@ def synth_raw(tmp_path_factory, synth_config) -> Path:
     out = tmp_path_factory.mktemp("raw")
     synthesize(out, synth_config)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_tiny():
+    """A tiny ChEX trained for 300 steps on a fixed phantom batch (anatomy boxes, labels and region sentences):
+    ``(model, batch, initial box L1, history)``. ~30 s on 2 cores; shared by the learning, query and CLI tests."""
+    import dataclasses
+
+    import torch
+
+    from chex_model.chex import ChEX
+    from model_support import anatomy_box_l1, phantom_batch, tiny_config, train
+
+    torch.manual_seed(0)
+    model = ChEX.build(tiny_config())
+    batch = dataclasses.replace(phantom_batch(), pathology=None, sentences=None)
+    initial = anatomy_box_l1(model.eval(), batch)
+    model, history = train(model, batch, steps=300, every=10)
+    return model, batch, initial, history

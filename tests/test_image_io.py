@@ -8,10 +8,10 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import JPEG2000Lossless, RLELossless, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from preprocessing import image_io
+from tests_support import write_dicom
 from preprocessing.box_geometry import crop_frame
 from preprocessing.image_io import (
     ImageDecodeError,
@@ -137,21 +137,6 @@ def test_png_bytes_roundtrip_deterministic() -> None:
 # --- DICOM ---------------------------------------------------------------------------------------------------------
 
 
-def _write_dicom(path: Path, arr: np.ndarray, photometric: str, bits: int, **tags: object) -> Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.set_pixel_data(arr, photometric, bits)
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    ds.save_as(path, enforce_file_format=True)
-    return ds
-
-
 def _raw(bits: int, seed: int = 0) -> np.ndarray:
     return np.round(_smooth(64, 80, seed=seed, scale=2**bits - 1)).astype(np.uint16)
 
@@ -159,8 +144,8 @@ def _raw(bits: int, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("bits", [12, 16])
 def test_dicom_monochrome1_and_compressed_match(tmp_path: Path, bits: int) -> None:
     arr = _raw(bits)
-    _write_dicom(tmp_path / "m2.dcm", arr, "MONOCHROME2", bits)
-    _write_dicom(tmp_path / "m1.dicom", (2**bits - 1) - arr, "MONOCHROME1", bits)
+    write_dicom(tmp_path / "m2.dcm", arr, "MONOCHROME2", bits)
+    write_dicom(tmp_path / "m1.dicom", (2**bits - 1) - arr, "MONOCHROME1", bits)
     ref, w, h = load_gray(tmp_path / "m2.dcm")
     assert (w, h) == (80, 64) and ref.min() == 0 and ref.max() == 255
     np.testing.assert_allclose(ref, (arr - arr.min()) * 255.0 / np.ptp(arr), atol=0.51)
@@ -174,7 +159,7 @@ def test_dicom_monochrome1_and_compressed_match(tmp_path: Path, bits: int) -> No
 
 def test_dicom_voi_window_applied(tmp_path: Path) -> None:
     arr = np.tile(np.arange(4096, dtype=np.uint16).reshape(64, 64), (1, 1))
-    _write_dicom(tmp_path / "win", arr, "MONOCHROME2", 12, WindowCenter=2048, WindowWidth=1024)  # no suffix
+    write_dicom(tmp_path / "win", arr, "MONOCHROME2", 12, WindowCenter=2048, WindowWidth=1024)  # no suffix
     got = load_gray(tmp_path / "win")[0].astype(np.float64)
     c, width = 2048 - 0.5, 1024 - 1  # DICOM PS3.3 C.11.2.1.2 linear window, computed independently
     expected = np.clip(((arr - c) / width + 0.5) * 255, 0, 255)
@@ -185,11 +170,11 @@ def test_dicom_voi_window_applied(tmp_path: Path) -> None:
 def test_dicom_failures_raise_decode_error(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     (tmp_path / "rand.dcm").write_bytes(b"\0" * 128 + b"DICM" + rng.bytes(4000))
-    _write_dicom(tmp_path / "ok.dcm", _raw(12), "MONOCHROME2", 12)
+    write_dicom(tmp_path / "ok.dcm", _raw(12), "MONOCHROME2", 12)
     data = (tmp_path / "ok.dcm").read_bytes()
     (tmp_path / "short.dcm").write_bytes(data[: len(data) - 3000])
-    _write_dicom(tmp_path / "multi.dcm", np.stack([_raw(12), _raw(12, 1)]), "MONOCHROME2", 12)
-    _write_dicom(tmp_path / "rgb.dcm", np.zeros((8, 8, 3), np.uint8), "RGB", 8)
+    write_dicom(tmp_path / "multi.dcm", np.stack([_raw(12), _raw(12, 1)]), "MONOCHROME2", 12)
+    write_dicom(tmp_path / "rgb.dcm", np.zeros((8, 8, 3), np.uint8), "RGB", 8)
     ds = pydicom.dcmread(tmp_path / "ok.dcm")
     del ds.PixelData
     ds.save_as(tmp_path / "nopix.dcm", enforce_file_format=True)
@@ -199,7 +184,7 @@ def test_dicom_failures_raise_decode_error(tmp_path: Path) -> None:
 
 
 def test_dicom_equalized_and_resized(tmp_path: Path) -> None:
-    _write_dicom(tmp_path / "e.dcm", _raw(12), "MONOCHROME2", 12)
+    write_dicom(tmp_path / "e.dcm", _raw(12), "MONOCHROME2", 12)
     img, w, h = load_resized(tmp_path / "e.dcm", 32)
     assert img.shape == (32, 32) and (w, h) == (80, 64)
     eq = load_gray(tmp_path / "e.dcm", equalize_dicom=True)[0]
@@ -226,7 +211,7 @@ def test_j2k_dicom_decodes_at_a_reduced_level_and_matches_full_decode(tmp_path: 
     from preprocessing.synth.phantom import render_frontal
 
     arr = np.round(render_frontal(800, 600, [], np.random.default_rng(3)).image * 4095).astype(np.uint16)
-    ds = _write_dicom(tmp_path / "u.dcm", arr, "MONOCHROME1", 12)
+    ds = write_dicom(tmp_path / "u.dcm", arr, "MONOCHROME1", 12)
     ds.compress(JPEG2000Lossless)
     ds.save_as(tmp_path / "j.dcm", enforce_file_format=True)
     reduced, w, h, scale = image_io._load(tmp_path / "j.dcm", 128, False, False)

@@ -1,0 +1,118 @@
+"""The pretrained parts (CLIP towers, GPT-2, their tokenizers): load them from local Hugging Face folders, or build
+random ones of a given geometry with tokenizers trained offline (tests, benchmarks and the synthetic demo)."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoTokenizer,
+    CLIPConfig,
+    CLIPTextConfig,
+    CLIPTextModelWithProjection,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from chex_model.config import ChexConfig, ClipGeometry, Gpt2Geometry
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+
+
+@dataclass
+class Backbones:
+    vision: CLIPVisionModelWithProjection
+    text: CLIPTextModelWithProjection
+    clip_tokenizer: PreTrainedTokenizerBase
+    lm: GPT2LMHeadModel
+    lm_tokenizer: PreTrainedTokenizerBase
+
+
+def _bpe(corpus: list[str], vocab_size: int, specials: list[str], lowercase: bool) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    if lowercase:
+        tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(corpus, trainer)
+    return tok
+
+
+def train_tokenizers(corpus: Iterable[str], vocab_size: int) -> tuple[PreTrainedTokenizerFast, PreTrainedTokenizerFast]:
+    """Byte-level BPE tokenizers for the CLIP text tower (lower-cased, wraps prompts in start/end tokens, as CLIP's
+    does) and for GPT-2 (``<|endoftext|>`` is bos, eos and pad, as GPT-2's is). Deterministic for a given corpus."""
+    lines = [line for line in corpus if line.strip()]
+    clip = _bpe(lines, vocab_size, [BOS, EOS], lowercase=True)
+    clip.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A {EOS}", special_tokens=[(BOS, clip.token_to_id(BOS)), (EOS, clip.token_to_id(EOS))]
+    )
+    clip_tok = PreTrainedTokenizerFast(tokenizer_object=clip, bos_token=BOS, eos_token=EOS, pad_token=EOS)
+    lm = _bpe(lines, vocab_size, [EOS], lowercase=False)
+    lm_tok = PreTrainedTokenizerFast(tokenizer_object=lm, bos_token=EOS, eos_token=EOS, pad_token=EOS)
+    return clip_tok, lm_tok
+
+
+def clip_config(g: ClipGeometry, d_model: int, tokenizer: PreTrainedTokenizerBase) -> CLIPConfig:
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    text = CLIPTextConfig(
+        vocab_size=g.text_vocab, hidden_size=g.text_width, intermediate_size=4 * g.text_width, num_hidden_layers=g.text_layers,
+        num_attention_heads=g.text_heads, max_position_embeddings=g.text_context, projection_dim=d_model, **special,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=g.vision_width, intermediate_size=4 * g.vision_width, num_hidden_layers=g.vision_layers,
+        num_attention_heads=g.vision_heads, image_size=g.image_size, patch_size=g.patch_size, projection_dim=d_model,
+    )
+    return CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=d_model)
+
+
+def gpt2_config(g: Gpt2Geometry, tokenizer: PreTrainedTokenizerBase) -> GPT2Config:
+    return GPT2Config(
+        n_layer=g.n_layer, n_embd=g.n_embd, n_head=g.n_head, vocab_size=g.vocab_size, n_positions=g.n_positions,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def random_backbones(cfg: ChexConfig, clip_tokenizer: PreTrainedTokenizerBase, lm_tokenizer: PreTrainedTokenizerBase) -> Backbones:
+    """Randomly initialised backbones with the geometry of ``cfg`` (honours an enclosing ``torch.device`` context)."""
+    cc = clip_config(cfg.clip, cfg.d_model, clip_tokenizer)
+    return Backbones(
+        CLIPVisionModelWithProjection(cc.vision_config), CLIPTextModelWithProjection(cc.text_config), clip_tokenizer,
+        GPT2LMHeadModel(gpt2_config(cfg.lm, lm_tokenizer)), lm_tokenizer,
+    )
+
+
+def load_backbones(clip_dir: Path, lm_dir: Path) -> Backbones:
+    """Pretrained CLIP (a ``CLIPModel`` folder) and GPT-2 (a ``GPT2LMHeadModel`` folder) from local directories."""
+    for name, path in (("CLIP", clip_dir), ("GPT-2", lm_dir)):
+        if not (Path(path) / "config.json").is_file():
+            raise FileNotFoundError(f"{name} weights: {path} has no config.json (expected a Hugging Face model folder)")
+    return Backbones(
+        CLIPVisionModelWithProjection.from_pretrained(clip_dir), CLIPTextModelWithProjection.from_pretrained(clip_dir),
+        AutoTokenizer.from_pretrained(clip_dir), GPT2LMHeadModel.from_pretrained(lm_dir), AutoTokenizer.from_pretrained(lm_dir),
+    )
+
+
+def save_backbones(b: Backbones, clip_dir: Path, lm_dir: Path) -> None:
+    """Write backbones as ordinary Hugging Face folders (a ``CLIPModel`` and a ``GPT2LMHeadModel``)."""
+    from transformers import CLIPModel
+
+    cc = CLIPConfig(text_config=b.text.config.to_dict(), vision_config=b.vision.config.to_dict(),
+                    projection_dim=b.vision.config.projection_dim)
+    clip = CLIPModel(cc)
+    clip.vision_model.load_state_dict(b.vision.vision_model.state_dict())
+    clip.visual_projection.load_state_dict(b.vision.visual_projection.state_dict())
+    clip.text_model.load_state_dict(b.text.text_model.state_dict())
+    clip.text_projection.load_state_dict(b.text.text_projection.state_dict())
+    clip.save_pretrained(clip_dir)
+    b.clip_tokenizer.save_pretrained(clip_dir)
+    b.lm.save_pretrained(lm_dir)
+    b.lm_tokenizer.save_pretrained(lm_dir)

@@ -1,0 +1,189 @@
+"""ChEX: image encoder + prompt encoder + prompt detector + post decoder + sentence generator, and its checkpoints."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import Tensor, nn
+from transformers import (
+    AutoTokenizer,
+    CLIPConfig,
+    CLIPTextModelWithProjection,
+    CLIPVisionModelWithProjection,
+    GPT2Config,
+    GPT2LMHeadModel,
+)
+from transformers.initialization import no_init_weights
+
+from chex_model.backbones import Backbones, load_backbones, random_backbones, train_tokenizers
+from chex_model.config import ChexConfig
+from chex_model.detector import Detections, PromptDetector
+from chex_model.generator import SentenceGenerator
+from chex_model.image_encoder import ImageEncoder
+from chex_model.post_decoder import PostDecoder
+from chex_model.prompt_encoder import PromptEncoder
+
+CONFIG_FILE, WEIGHTS_FILE, CLIP_DIR, LM_DIR = "config.json", "model.safetensors", "clip", "lm"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ImageFeatures:
+    patches: Tensor  # (N, h, w, d)
+    pos: Tensor  # (h, w, d)
+    global_token: Tensor  # (N, d)
+
+
+def _shared_names(model: nn.Module) -> set[str]:
+    """Names of tensors that share storage with another (tied embeddings): safetensors stores each only once."""
+    seen: dict[int, str] = {}
+    shared: set[str] = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        ptr = tensor.data_ptr()
+        if ptr in seen:
+            shared |= {name, seen[ptr]}
+        seen[ptr] = name
+    return shared
+
+
+class ChEX(nn.Module):
+    def __init__(self, cfg: ChexConfig, backbones: Backbones) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        for name, dim in (("vision", backbones.vision.config.projection_dim), ("text", backbones.text.config.projection_dim)):
+            if dim != d:
+                raise ValueError(f"CLIP {name} projection is {dim}-d but d_model is {d}")
+        self.image_encoder = ImageEncoder(backbones.vision, cfg.image)
+        self.prompt_encoder = PromptEncoder(backbones.text, backbones.clip_tokenizer, cfg.prompt_cache_size)
+        self.detector = PromptDetector(d, cfg.detector, cfg.dropout)
+        self.post_decoder = PostDecoder(d, cfg.post_decoder, cfg.detector, cfg.dropout)
+        self.generator = SentenceGenerator(backbones.lm, backbones.lm_tokenizer, d, cfg.generator)
+
+    # ---- construction and checkpoints -------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls, cfg: ChexConfig, clip_dir: Path | None = None, lm_dir: Path | None = None, corpus: Iterable[str] | None = None,
+    ) -> "ChEX":
+        """From pretrained CLIP / GPT-2 folders when both are given, else random backbones of ``cfg``'s geometry with
+        tokenizers trained on ``corpus`` (default: the synthetic report vocabulary)."""
+        if (clip_dir is None) != (lm_dir is None):
+            raise ValueError("give both clip_dir and lm_dir, or neither")
+        if clip_dir is not None and lm_dir is not None:
+            return cls(cfg, load_backbones(clip_dir, lm_dir))
+        if corpus is None:
+            from chex_model.corpus import default_corpus
+
+            corpus = default_corpus()
+        clip_tok, lm_tok = train_tokenizers(corpus, min(cfg.clip.text_vocab, cfg.lm.vocab_size))
+        return cls(cfg, random_backbones(cfg, clip_tok, lm_tok))
+
+    def save_pretrained(self, directory: Path | str) -> None:
+        """``config.json`` + ``model.safetensors`` + the backbones' configs and tokenizers (``clip/``, ``lm/``)."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        clip = CLIPConfig(
+            text_config=self.prompt_encoder.text.config.to_dict(), vision_config=self.image_encoder.clip.config.to_dict(),
+            projection_dim=self.cfg.d_model,
+        )
+        clip.save_pretrained(out / CLIP_DIR)
+        self.prompt_encoder.tokenizer.save_pretrained(out / CLIP_DIR)
+        self.generator.lm.config.save_pretrained(out / LM_DIR)
+        self.generator.tokenizer.save_pretrained(out / LM_DIR)
+        (out / CONFIG_FILE).write_text(json.dumps({"format": FORMAT_VERSION, "chex": self.cfg.to_dict()}, indent=2))
+        save_model(self, str(out / WEIGHTS_FILE), metadata={"format": "pt", "chex_format": str(FORMAT_VERSION)})
+
+    @classmethod
+    def from_pretrained(cls, directory: Path | str, device: str | torch.device = "cpu") -> "ChEX":
+        """Load a checkpoint written by :meth:`save_pretrained` (safetensors only; nothing is unpickled)."""
+        src = Path(directory)
+        if not (src / CONFIG_FILE).is_file() or not (src / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"{src} is not a ChEX checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        meta = json.loads((src / CONFIG_FILE).read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{src}: checkpoint format {meta.get('format')} is not {FORMAT_VERSION}")
+        cfg = ChexConfig.from_dict(meta["chex"])
+        clip = CLIPConfig.from_pretrained(src / CLIP_DIR)
+        with no_init_weights():
+            backbones = Backbones(
+                CLIPVisionModelWithProjection(clip.vision_config), CLIPTextModelWithProjection(clip.text_config),
+                AutoTokenizer.from_pretrained(src / CLIP_DIR), GPT2LMHeadModel(GPT2Config.from_pretrained(src / LM_DIR)),
+                AutoTokenizer.from_pretrained(src / LM_DIR),
+            )
+            model = cls(cfg, backbones)
+        model.generator.lm.tie_weights()  # before loading: safetensors keeps one name of the tied pair
+        missing, unexpected = load_model(model, str(src / WEIGHTS_FILE), strict=False, device=str(device))
+        untied = sorted(set(missing) - _shared_names(model))
+        if untied or unexpected:
+            raise ValueError(f"{src}: weights do not fit the config (missing {untied[:5]}, unexpected {unexpected[:5]})")
+        return model.to(device).eval()
+
+    @property
+    def device(self) -> torch.device:
+        return self.detector.region_tokens.device
+
+    # ---- building blocks --------------------------------------------------------------------------------------
+    def encode_image(self, images: Tensor) -> ImageFeatures:
+        """Normalized grayscale images ``(N, 1, S, S)`` -> patch, position and global features."""
+        patches, pos, glob = self.image_encoder(images)
+        return ImageFeatures(patches, pos, glob)
+
+    def encode_prompts(self, texts: Sequence[str]) -> Tensor:
+        return self.prompt_encoder.encode(texts)
+
+    def detect(self, feats: ImageFeatures, prompts: Tensor, mask: Tensor | None = None, post_decoder: bool = True) -> Detections:
+        """Prompt tokens ``(Q, d)`` (shared by all images) or ``(N, Q, d)`` -> detections; ``features`` are the ROI
+        tokens, refined by the post decoder when ``post_decoder`` (boxes and box scores never change)."""
+        n = feats.patches.shape[0]
+        if prompts.dim() == 2:
+            prompts = prompts.expand(n, -1, -1)
+        if mask is None:
+            mask = torch.ones(prompts.shape[:2], dtype=torch.bool, device=prompts.device)
+        det = self.detector(feats.patches, feats.pos, prompts, mask)
+        if post_decoder:
+            tokens = torch.cat((det.features[:, :, None], det.box_features), dim=2)
+            tmask = mask[..., None].expand(-1, -1, tokens.shape[2])
+            det.features = self.post_decoder(tokens, tmask, feats.patches, feats.pos, feats.global_token)[:, :, 0]
+        return det
+
+    def encode_boxes(
+        self, feats: ImageFeatures, boxes: Tensor, mask: Tensor | None = None, prompts: Tensor | None = None,
+        has_prompt: Tensor | None = None, post_decoder: bool = True,
+    ) -> Tensor:
+        """ROI tokens ``(N, K, d)`` of given boxes ``(N, K, 4)`` (cx, cy, w, h): Gaussian ROI pooling, fused with a
+        prompt token where ``has_prompt``, then the post decoder (one token per box)."""
+        if mask is None:
+            mask = torch.ones(boxes.shape[:2], dtype=torch.bool, device=boxes.device)
+        feat = self.detector.pool(feats.patches, boxes, prompts, has_prompt)
+        if post_decoder:
+            feat = self.post_decoder(feat[:, :, None], mask[..., None], feats.patches, feats.pos, feats.global_token)[:, :, 0]
+        return feat
+
+    def classify(self, features: Tensor, positive: Tensor, negative: Tensor, temperature: float | None = None) -> Tensor:
+        """``P(positive)`` = sigmoid((cos(f, pos) - cos(f, neg)) / T) for features ``(..., d)`` and ``(C, d)`` prompt pairs
+        -> ``(..., C)``."""
+        t = self.cfg.loss.classify_temperature if temperature is None else temperature
+        f = F.normalize(features, dim=-1)
+        return torch.sigmoid((f @ F.normalize(positive, dim=-1).T - f @ F.normalize(negative, dim=-1).T) / t)
+
+    def generate(self, features: Tensor, max_new_tokens: int | None = None, num_beams: int = 1) -> list[str]:
+        """One sentence per ROI token ``(K, d)``."""
+        return self.generator.generate(features, max_new_tokens, num_beams)
+
+    # ---- interactive use (see chex_model.inference) -------------------------------------------------------------
+    def query(self, image, prompts: Sequence[str] = (), boxes: Sequence[Sequence[float]] = (), **kwargs):
+        """Text / box / box + text queries on one image -> one :class:`~chex_model.inference.QueryResult` each."""
+        from chex_model.inference import query
+
+        return query(self, image, prompts, boxes, **kwargs)
+
+    def report(self, image, prompt_set="report", **kwargs):
+        """A grounded report (:class:`~chex_model.inference.Report`) from a YAML prompt set."""
+        from chex_model.inference import report
+
+        return report(self, image, prompt_set, **kwargs)

@@ -1,0 +1,93 @@
+"""DETR-style prompt detector: M box queries per prompt -> boxes, box scores, and one ROI token per prompt."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from chex_model import box_ops
+from chex_model.config import DetectorConfig
+from chex_model.layers import DecoderLayer, block_mask, mlp
+from chex_model.roi_pool import gaussian_roi_pool
+
+
+@dataclass
+class Detections:
+    """Detector output for N images x Q prompts (padded prompts have ``mask`` False)."""
+
+    boxes: Tensor  # (N, Q, M, 4) cx, cy, w, h in [0, 1]
+    box_scores: Tensor  # (N, Q, M) probability that each box shows the prompt
+    box_features: Tensor  # (N, Q, M, d)
+    features: Tensor  # (N, Q, d) score-weighted mean of the box features: the prompt's ROI token
+    score: Tensor  # (N, Q) score-weighted mean box score
+    box: Tensor  # (N, Q, 4) enclosing box of the present boxes (the best box when none is present)
+    mask: Tensor  # (N, Q)
+
+
+def source_tokens(patches: Tensor, pos: Tensor) -> Tensor:
+    n, gh, gw, d = patches.shape
+    return (patches + pos).reshape(n, gh * gw, d)
+
+
+class PromptDetector(nn.Module):
+    def __init__(self, d: int, cfg: DetectorConfig, dropout: float) -> None:
+        super().__init__()
+        self.cfg = cfg
+        m = cfg.n_boxes
+        self.region_tokens = nn.Parameter(torch.randn(m, d) / math.sqrt(d))
+        self.layers = nn.ModuleList(
+            DecoderLayer(d, cfg.n_heads, cfg.ff_mult, dropout, cfg.attn_dropout, cfg.droppath, cfg.layer_scale, False)
+            for _ in range(cfg.n_layers)
+        )
+        self.box_head = nn.Sequential(nn.LayerNorm(d), mlp(d, d, 4, dropout))
+        self.patch_proj = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))
+        self.skip_dropout = nn.Dropout(cfg.skip_roi_dropout)
+        self.out_proj = nn.Sequential(nn.LayerNorm(d), mlp(d, cfg.ff_mult * d, d, dropout))
+        self.score_head = mlp(d, d, 1, dropout)
+
+    def forward(self, patches: Tensor, pos: Tensor, prompts: Tensor, mask: Tensor) -> Detections:
+        n, q, d = prompts.shape
+        m = self.cfg.n_boxes
+        x = (prompts[:, :, None, :] + self.region_tokens).reshape(n, q * m, d)
+        group = torch.arange(q, device=x.device).repeat_interleave(m).expand(n, -1)
+        valid = mask.repeat_interleave(m, dim=1)
+        sa_mask = block_mask(group, valid)
+        source = source_tokens(patches, pos)
+        for layer in self.layers:
+            x = layer(x, source, sa_mask)
+        boxes = torch.sigmoid(self.box_head(x))
+        roi = gaussian_roi_pool(self.patch_proj(patches), boxes, self.cfg.roi_beta)
+        if self.training:
+            skip = torch.rand(n, q * m, 1, device=x.device) < self.cfg.skip_roi_prob
+            feat = torch.where(skip, (self.skip_dropout(x) + roi) / 2, roi)
+        elif self.cfg.skip_roi_inference:
+            feat = (x + roi) / 2
+        else:
+            feat = roi
+        box_features = self.out_proj(feat).view(n, q, m, d)
+        scores = torch.sigmoid(self.score_head(box_features)).squeeze(-1)
+        return aggregate(boxes.view(n, q, m, 4), scores, box_features, mask, self.cfg.present_threshold)
+
+    def pool(self, patches: Tensor, boxes: Tensor, prompts: Tensor | None = None, has_prompt: Tensor | None = None) -> Tensor:
+        """ROI tokens ``(N, K, d)`` for given boxes ``(N, K, 4)``, bypassing the box queries.
+
+        Where ``has_prompt`` is true the pooled feature is fused with the prompt token exactly as the skip
+        connection fuses a detected box with its query token at inference (mean of the two).
+        """
+        roi = gaussian_roi_pool(self.patch_proj(patches), boxes, self.cfg.roi_beta)
+        if prompts is not None and has_prompt is not None:
+            roi = torch.where(has_prompt[..., None], (prompts + roi) / 2, roi)
+        return self.out_proj(roi)
+
+
+def aggregate(boxes: Tensor, scores: Tensor, box_features: Tensor, mask: Tensor, threshold: float) -> Detections:
+    weights = scores / scores.sum(-1, keepdim=True).clamp(min=1e-6)
+    features = (weights[..., None] * box_features).sum(-2)
+    score = (weights * scores).sum(-1)
+    present = scores > threshold
+    best = torch.nn.functional.one_hot(scores.argmax(-1), scores.shape[-1]).bool()
+    chosen = torch.where(present.any(-1, keepdim=True), present, best)
+    box = box_ops.xyxy_to_cxcywh(box_ops.enclosing_box(box_ops.cxcywh_to_xyxy(boxes), chosen))
+    return Detections(boxes, scores, box_features, features, score, box, mask)

@@ -1,0 +1,74 @@
+"""CLIP ViT image encoder: all patch tokens (and their positions) in the shared image-text space."""
+from __future__ import annotations
+
+from torch import Tensor, nn
+from transformers import CLIPVisionModelWithProjection
+
+from chex_model.config import ImageEncoderConfig
+
+
+class ImageEncoder(nn.Module):
+    """Grayscale image -> patch features ``(N, h, w, d)``, projected positions ``(h, w, d)``, global feature ``(N, d)``.
+
+    Every token goes through the post layer norm and the visual projection, as CLIP does for its CLS token, so patch
+    features live in the space the frozen text encoder's prompts live in. Frozen parts run in eval mode.
+    """
+
+    def __init__(self, clip: CLIPVisionModelWithProjection, cfg: ImageEncoderConfig) -> None:
+        super().__init__()
+        self.clip = clip
+        self.cfg = cfg
+        vc = clip.config
+        self.grid = vc.image_size // vc.patch_size
+        self.image_size = vc.image_size
+        self._frozen: list[nn.Module] = []
+        self.freeze(cfg.freeze_layers, cfg.freeze_projection)
+
+    def freeze(self, n_layers: int, projection: bool) -> None:
+        """Freeze the first ``n_layers`` of [embeddings + pre-LN, block 0, ...] and, if asked, the output head."""
+        vm = self.clip.vision_model
+        stages: list[nn.Module] = [nn.ModuleList([vm.embeddings, vm.pre_layrnorm]), *vm.encoder.layers]
+        head = nn.ModuleList([vm.post_layernorm, self.clip.visual_projection])
+        self._frozen = stages[:n_layers] + ([head] if projection else [])
+        for p in self.clip.parameters():
+            p.requires_grad_(True)
+        for module in self._frozen:
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def freeze_all(self) -> None:
+        self.freeze(len(self.clip.vision_model.encoder.layers) + 1, True)
+
+    def train(self, mode: bool = True) -> "ImageEncoder":
+        super().train(mode)
+        for module in self._frozen:
+            module.eval()
+        return self
+
+    def positions(self) -> Tensor:
+        pos = self.clip.vision_model.embeddings.position_embedding.weight[1:]
+        return self.clip.visual_projection(pos).view(self.grid, self.grid, -1)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if images.dim() != 4 or images.shape[1] != 1:
+            raise ValueError(f"expected normalized grayscale images (N, 1, H, W), got {tuple(images.shape)}")
+        hidden = self.clip.vision_model(pixel_values=images.expand(-1, 3, -1, -1)).last_hidden_state
+        tokens = self.clip.visual_projection(self.clip.vision_model.post_layernorm(hidden))
+        n = images.shape[0]
+        return tokens[:, 1:].reshape(n, self.grid, self.grid, -1), self.positions(), tokens[:, 0]
+
+
+def normalize(images: Tensor, cfg: ImageEncoderConfig) -> Tensor:
+    """Pixels in [0, 1] -> the single-channel normalization the encoder was trained with."""
+    return (images - cfg.mean) / cfg.std
+
+
+def as_batch(images: Tensor) -> Tensor:
+    """(H, W), (N, H, W) or (N, 1, H, W) -> (N, 1, H, W) float."""
+    images = images.float()
+    if images.dim() == 2:
+        images = images[None]
+    if images.dim() == 3:
+        images = images[:, None]
+    return images
+

@@ -1,0 +1,234 @@
+"""Interactive use: text, box and box + text queries against one X-ray, and full grounded reports.
+
+Boxes in and out are normalized (cx, cy, w, h) of the image *as given*; internally the model sees the centre square
+crop, and boxes are mapped to and from it.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from chex_model.image_encoder import normalize
+from chex_model.prompts import PromptSet, load_prompt_set
+from preprocessing.box_geometry import crop_frame
+from preprocessing.image_io import load_gray, resize_center_crop
+
+Box = tuple[float, float, float, float]
+ImageInput = str | Path | np.ndarray | Image.Image | Tensor
+
+
+@dataclass
+class PreparedImage:
+    pixels: Tensor  # (1, 1, S, S) in [0, 1]
+    original: np.ndarray  # uint8 (H, W) as decoded, for drawing
+    width: int
+    height: int
+
+    def _frame(self) -> tuple[float, float, float]:
+        return crop_frame(float(self.width), float(self.height))
+
+    def to_crop(self, boxes: Tensor) -> Tensor:
+        """Image-normalized (cx, cy, w, h) -> crop-normalized."""
+        x0, y0, side = self._frame()
+        cx, cy, w, h = boxes.unbind(-1)
+        return torch.stack(((cx * self.width - x0) / side, (cy * self.height - y0) / side,
+                            w * self.width / side, h * self.height / side), dim=-1)
+
+    def from_crop(self, boxes: Tensor) -> Tensor:
+        x0, y0, side = self._frame()
+        cx, cy, w, h = boxes.unbind(-1)
+        return torch.stack(((cx * side + x0) / self.width, (cy * side + y0) / self.height,
+                            w * side / self.width, h * side / self.height), dim=-1)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 3:
+        image = image.mean(-1) if image.shape[-1] in (3, 4) else image[..., 0]
+    if image.ndim != 2 or image.size == 0:
+        raise ValueError(f"expected a 2-D grayscale image, got shape {image.shape}")
+    if image.dtype == np.uint8:
+        return image
+    arr = image.astype(np.float32)
+    if arr.min() >= 0 and arr.max() <= 1:
+        return (arr * 255).round().astype(np.uint8)
+    lo, hi = float(arr.min()), float(arr.max())
+    return ((arr - lo) / max(hi - lo, 1e-6) * 255).round().astype(np.uint8)
+
+
+def prepare_image(image: ImageInput, size: int) -> PreparedImage:
+    """A path (JPEG, PNG, DICOM), PIL image, array or tensor -> the model's centre-cropped ``size`` square."""
+    if isinstance(image, (str, Path)):
+        gray, _, _ = load_gray(image, equalize_dicom=True)
+    elif isinstance(image, Image.Image):
+        gray = np.asarray(image.convert("L"))
+    elif isinstance(image, Tensor):
+        gray = _to_uint8(image.detach().cpu().squeeze().numpy())
+    else:
+        gray = _to_uint8(np.asarray(image))
+    h, w = gray.shape
+    pixels = torch.from_numpy(resize_center_crop(gray, size).astype(np.float32) / 255.0)[None, None]
+    return PreparedImage(pixels, gray, w, h)
+
+
+@dataclass
+class QueryResult:
+    """One answered query. ``boxes``/``box_scores``: the detector's M boxes (a box query: the given box only)."""
+
+    prompt: str | None
+    query_box: list[float] | None
+    box: list[float]
+    score: float | None
+    boxes: list[list[float]]
+    box_scores: list[float]
+    sentence: str
+    probabilities: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ReportSentence:
+    query: str
+    kind: str  # "pathology" | "anatomy"
+    sentence: str
+    box: list[float]
+    score: float
+    abnormal: float  # P(abnormal) of the query's ROI token
+
+
+@dataclass
+class Report:
+    sentences: list[ReportSentence]
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.sentence for s in self.sentences)
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "sentences": [asdict(s) for s in self.sentences]}
+
+
+@contextlib.contextmanager
+def _eval(model: torch.nn.Module) -> Iterator[None]:
+    was = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was)
+
+
+def _rounded(t: Tensor) -> list:
+    return np.round(t.detach().cpu().double().numpy(), 4).tolist()
+
+
+def validate_box(box: Sequence[float]) -> Box:
+    if len(box) != 4:
+        raise ValueError(f"a box is 4 numbers cx,cy,w,h; got {len(box)}")
+    cx, cy, w, h = (float(v) for v in box)
+    if not all(0.0 <= v <= 1.0 for v in (cx, cy, w, h)) or w <= 0 or h <= 0:
+        raise ValueError(f"box {cx},{cy},{w},{h} must be normalized: cx, cy in [0, 1], w, h in (0, 1]")
+    return cx, cy, w, h
+
+
+def query(
+    model, image: ImageInput, prompts: Sequence[str] = (), boxes: Sequence[Sequence[float]] = (),
+    box_prompts: Sequence[tuple[Sequence[float], str]] = (), classes: Sequence[tuple[str, str]] = (),
+    max_new_tokens: int | None = None, num_beams: int = 1,
+) -> list[QueryResult]:
+    """Answer text queries (detector), box queries (ROI pooling of the box) and box + text queries (the box's ROI
+    token fused with the prompt token), all in one batch; results come back in that order. ``classes`` are
+    (positive, negative) prompt pairs each result is scored against."""
+    all_boxes = [validate_box(b) for b in boxes] + [validate_box(b) for b, _ in box_prompts]
+    if not prompts and not all_boxes:
+        raise ValueError("give at least one prompt or box")
+    prep = prepare_image(image, model.image_encoder.image_size)
+    dev = model.device
+    with _eval(model):
+        feats = model.encode_image(normalize(prep.pixels.to(dev), model.cfg.image))
+        results: list[QueryResult] = []
+        features = []
+        if prompts:
+            det = model.detect(feats, model.encode_prompts(list(prompts))[None])
+            features.append(det.features[0])
+            for i, text in enumerate(prompts):
+                results.append(QueryResult(
+                    text, None, _rounded(prep.from_crop(det.box[0, i])), round(float(det.score[0, i]), 4),
+                    _rounded(prep.from_crop(det.boxes[0, i])), _rounded(det.box_scores[0, i]), "",
+                ))
+        if all_boxes:
+            crop = prep.to_crop(torch.tensor(all_boxes, dtype=torch.float32, device=dev))[None]
+            texts = [""] * len(boxes) + [t for _, t in box_prompts]
+            has_prompt = torch.tensor([bool(t) for t in texts], device=dev)[None]
+            tokens = torch.zeros(1, len(texts), model.cfg.d_model, device=dev)
+            with_text = [i for i, t in enumerate(texts) if t]
+            if with_text:
+                tokens[0, with_text] = model.encode_prompts([texts[i] for i in with_text])
+            features.append(model.encode_boxes(feats, crop, prompts=tokens, has_prompt=has_prompt)[0])
+            for b, text in zip(all_boxes, texts):
+                results.append(QueryResult(text or None, list(b), list(b), None, [list(b)], [], ""))
+        feat = torch.cat(features)
+        for r, sentence in zip(results, model.generate(feat, max_new_tokens, num_beams)):
+            r.sentence = sentence
+        if classes:
+            probs = model.classify(feat, model.encode_prompts([p for p, _ in classes]), model.encode_prompts([n for _, n in classes]))
+            for r, row in zip(results, probs.tolist()):
+                r.probabilities = {pos: round(p, 4) for (pos, _), p in zip(classes, row)}
+    return results
+
+
+def remove_near_duplicates(similarity: np.ndarray, weights: Sequence[float], strict: float, loose: float, max_kept: int) -> list[int]:
+    """Indices kept after repeatedly dropping the lower-weight sentence of the most similar pair while that pair's
+    similarity is >= ``strict``, or >= ``loose`` while more than ``max_kept`` sentences remain."""
+    kept = list(range(len(weights)))
+    while len(kept) > 1:
+        sub = similarity[np.ix_(kept, kept)].astype(np.float64)
+        np.fill_diagonal(sub, -np.inf)
+        i, j = np.unravel_index(np.argmax(sub), sub.shape)
+        best = sub[i, j]
+        if not (best >= strict or (best >= loose and len(kept) > max_kept)):
+            break
+        a, b = kept[i], kept[j]
+        kept.remove(a if weights[a] < weights[b] else b)
+    return kept
+
+
+def report(model, image: ImageInput, prompt_set: PromptSet | str | Path = "report", max_new_tokens: int | None = None,
+           num_beams: int = 1) -> Report:
+    """A grounded report: every pathology query, the anatomy queries classified abnormal, one sentence each, near
+    duplicates removed (CLIP-text similarity), each sentence with its box."""
+    ps = prompt_set if isinstance(prompt_set, PromptSet) else load_prompt_set(prompt_set)
+    queries = ps.pathology + ps.anatomy
+    kinds = ["pathology"] * len(ps.pathology) + ["anatomy"] * len(ps.anatomy)
+    prep = prepare_image(image, model.image_encoder.image_size)
+    with _eval(model):
+        feats = model.encode_image(normalize(prep.pixels.to(model.device), model.cfg.image))
+        det = model.detect(feats, model.encode_prompts(queries)[None])
+        feat = det.features[0]
+        pos = model.encode_prompts(ps.positivity.positive).mean(0, keepdim=True) if ps.anatomy else None
+        neg = model.encode_prompts(ps.positivity.negative).mean(0, keepdim=True) if ps.anatomy else None
+        abnormal = model.classify(feat, pos, neg)[:, 0] if ps.anatomy else torch.ones(len(queries))
+        keep = [i for i, k in enumerate(kinds) if k == "pathology" or abnormal[i] >= ps.positivity.threshold]
+        sentences = model.generate(feat[keep], max_new_tokens, num_beams) if keep else []
+        pairs = [(i, s) for i, s in zip(keep, sentences) if s]
+        if len(pairs) > 1:
+            emb = F.normalize(model.encode_prompts([s for _, s in pairs]), dim=-1)
+            sim = ((emb @ emb.T + 1) / 2).cpu().numpy()
+            weights = [float(det.score[0, i]) for i, _ in pairs]
+            pairs = [pairs[k] for k in remove_near_duplicates(sim, weights, ps.dedup.strict, ps.dedup.loose, ps.dedup.max_sentences)]
+        out = [
+            ReportSentence(queries[i], kinds[i], s, _rounded(prep.from_crop(det.box[0, i])), round(float(det.score[0, i]), 4),
+                           round(float(abnormal[i]), 4))
+            for i, s in pairs
+        ]
+    return Report(out)

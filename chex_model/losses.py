@@ -1,0 +1,137 @@
+"""Loss terms as pure functions (the trainer weights and sums them): box matching + L1/gIoU, focal box scores,
+pathology and anatomy InfoNCE against positive / "No X" prompts, sentence and global contrastive, MSE."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from chex_model import box_ops
+from chex_model.config import LossConfig
+from chex_model.matcher import balanced_match
+
+
+def focal_loss(probs: Tensor, targets: Tensor, gamma: float) -> Tensor:
+    """Binary focal loss on probabilities; alpha = (negatives + 1) / (all + 2) over the batch weights the positives."""
+    targets = targets.float()
+    alpha = (targets.numel() - targets.sum() + 1) / (targets.numel() + 2)
+    p = probs.clamp(1e-6, 1 - 1e-6)
+    pos = -alpha * (1 - p) ** gamma * torch.log(p)
+    neg = -(1 - alpha) * p**gamma * torch.log(1 - p)
+    return torch.where(targets > 0.5, pos, neg).mean()
+
+
+def match_prompt_boxes(
+    boxes: Tensor, scores: Tensor, targets: Tensor, cfg: LossConfig, cls_prob: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Match one prompt's ``boxes (M, 4)`` to ``targets (T, 4)`` (cx, cy, w, h) by 5 L1 + 2 (1 - gIoU) + 1 (1 - p_cls)
+    + 3 (1 - score); see :func:`~chex_model.matcher.balanced_match`."""
+    with torch.no_grad():
+        cost = cfg.match_l1 * torch.cdist(boxes.float(), targets.float(), p=1)
+        giou = box_ops.generalized_box_iou(box_ops.cxcywh_to_xyxy(boxes.float()), box_ops.cxcywh_to_xyxy(targets.float()))
+        cost = cost + cfg.match_giou * (1 - giou) + cfg.match_score * (1 - scores.float())[:, None]
+        if cls_prob is not None:
+            cost = cost + cfg.match_cls * (1 - cls_prob.float())[:, None]
+    pred, tgt, first = balanced_match(cost.cpu().numpy())
+    dev = boxes.device
+    return torch.from_numpy(pred).to(dev), torch.from_numpy(tgt).to(dev), torch.from_numpy(first).to(dev)
+
+
+def detection_losses(
+    boxes: Tensor, scores: Tensor, targets: Tensor, target_mask: Tensor, prompt_mask: Tensor, cfg: LossConfig,
+    cls_prob: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """Box L1 (summed over coordinates) and gIoU loss averaged over all matched (prediction, target) pairs of prompts
+    with targets, and the focal loss of every box score (1 for first-copy matches, else 0; prompts without targets
+    push all their scores to 0).
+
+    Shapes: boxes ``(N, Q, M, 4)``, scores ``(N, Q, M)``, targets ``(N, Q, T, 4)`` with ``target_mask (N, Q, T)``,
+    ``prompt_mask (N, Q)`` marks supervised prompts.
+    """
+    score_target = torch.zeros_like(scores)
+    pred_boxes, tgt_boxes = [], []
+    for n, q in prompt_mask.nonzero().tolist():
+        tgt = targets[n, q][target_mask[n, q]]
+        if len(tgt) == 0:
+            continue
+        cp = None if cls_prob is None else cls_prob[n, q]
+        pi, ti, first = match_prompt_boxes(boxes[n, q].detach(), scores[n, q].detach(), tgt, cfg, cp)
+        pred_boxes.append(boxes[n, q][pi])
+        tgt_boxes.append(tgt[ti])
+        score_target[n, q, pi[first]] = 1.0
+    sel = prompt_mask[..., None].expand_as(scores)
+    out = {"score": focal_loss(scores[sel], score_target[sel], cfg.focal_gamma) if sel.any() else scores.sum() * 0}
+    if pred_boxes:
+        pb = torch.cat(pred_boxes)
+        tb = torch.cat(tgt_boxes).to(pb.dtype)
+        out["l1"] = (pb - tb).abs().sum(-1).mean()
+        giou = torch.diag(box_ops.generalized_box_iou(box_ops.cxcywh_to_xyxy(pb), box_ops.cxcywh_to_xyxy(tb)))
+        out["giou"] = (1 - giou).mean()
+    else:
+        out["l1"] = out["giou"] = boxes.sum() * 0
+    return out
+
+
+def cosine_logits(features: Tensor, prompts: Tensor, temperature: float) -> Tensor:
+    return F.normalize(features, dim=-1) @ F.normalize(prompts, dim=-1).T / temperature
+
+
+def pathology_infonce(features: Tensor, labels: Tensor, pos: Tensor, neg: Tensor, temperature: float) -> Tensor:
+    """Each class query's ROI token ``(K, d)`` against all 2C prompts [pos_1..pos_C, "No X"_1..C] (softmax over 2C);
+    the target is its class's positive prompt if present, else its "No X" prompt. ``labels (K,)`` are class
+    indices with the sign encoding presence: ``labels = c`` present, ``labels = c + C`` absent."""
+    logits = cosine_logits(features, torch.cat((pos, neg)), temperature)
+    return F.cross_entropy(logits, labels)
+
+
+def anatomy_infonce(
+    features: Tensor, labels: Tensor, pos: Tensor, neg: Tensor, temperature: float, n_negatives: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Multi-positive InfoNCE per region ROI token ``(R, d)`` over F findings with ``labels (R, F)`` in {1, 0, -1}.
+
+    Positives: "X" of present findings and "No X" of absent ones; negatives: the opposite prompts. Absent findings are
+    subsampled to ``n_negatives`` per region, drawn in proportion to how often each finding is present in the batch
+    (hard, informative negatives first); -1 (unknown) findings are ignored. Each positive is contrasted with all
+    negatives of its region; the loss is the mean over positives.
+    """
+    lp = cosine_logits(features, pos, temperature)  # (R, F)
+    ln = cosine_logits(features, neg, temperature)
+    present, absent = labels == 1, labels == 0
+    counts = present.sum(0).float() + 1e-3
+    keep_absent = torch.zeros_like(absent)
+    for r in range(labels.shape[0]):
+        idx = absent[r].nonzero().squeeze(-1)
+        if len(idx) > n_negatives:
+            w = counts[idx] / counts[idx].sum()
+            idx = idx[torch.multinomial(w.cpu(), n_negatives, replacement=False, generator=generator).to(idx.device)]
+        keep_absent[r, idx] = True
+    pos_logits = torch.where(present, lp, ln)  # the prompt that is true for each finding
+    neg_logits = torch.where(present, ln, lp)
+    used = present | keep_absent
+    neg_all = neg_logits.masked_fill(~used, float("-inf"))
+    neg_lse = torch.logsumexp(neg_all, dim=-1, keepdim=True)  # (R, 1)
+    per_pos = -(pos_logits - torch.logaddexp(pos_logits, neg_lse.expand_as(pos_logits)))
+    if not used.any():
+        return features.sum() * 0
+    return per_pos[used].mean()
+
+
+def contrastive(a: Tensor, b: Tensor, temperature: float, same: Tensor | None = None, symmetric: bool = False) -> Tensor:
+    """InfoNCE matching row i of ``a`` to row i of ``b`` among all rows of ``b``; ``same (K, K)`` marks other pairs
+    that are equally true (e.g. identical sentences in two images) and are not used as negatives."""
+    logits = cosine_logits(a, b, temperature)
+    target = torch.arange(len(a), device=a.device)
+    if same is not None:
+        off = same & ~torch.eye(len(a), dtype=torch.bool, device=a.device)
+        logits = logits.masked_fill(off, float("-inf"))
+    loss = F.cross_entropy(logits, target)
+    if symmetric:
+        logits_t = logits.T if same is None else cosine_logits(b, a, temperature).masked_fill(off.T, float("-inf"))
+        loss = (loss + F.cross_entropy(logits_t, target)) / 2
+    return loss
+
+
+def squared_error(pred: Tensor, target: Tensor) -> Tensor:
+    """Sum of squared differences per row, averaged over rows."""
+    return ((pred - target) ** 2).sum(-1).mean()

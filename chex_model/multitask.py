@@ -1,0 +1,113 @@
+"""One multitask step: run the model on a batch with pathology, anatomy and sentence targets and return every loss
+term by name (unweighted, DETR ``SetCriterion`` style). Which terms a training stage uses, and with what weight, is
+the trainer's business."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from chex_model import losses
+from chex_model.chex import ChEX
+from chex_model.image_encoder import normalize
+
+
+@dataclass
+class PathologyTargets:
+    """Class prompts shared by the batch (e.g. VinDr classes); boxes only where ``has_boxes``."""
+
+    positive: list[str]  # C positive prompts, also the detection prompts
+    negative: list[str]  # C "No X" prompts
+    labels: Tensor  # (N, C) 1 present, 0 absent, -1 unknown
+    boxes: Tensor  # (N, C, T, 4) cx, cy, w, h
+    box_mask: Tensor  # (N, C, T)
+    has_boxes: Tensor  # (N,) images whose boxes are annotated
+
+
+@dataclass
+class AnatomyTargets:
+    prompts: list[str]  # A region prompts
+    boxes: Tensor  # (N, A, 4)
+    present: Tensor  # (N, A)
+    labels: Tensor  # (N, A, F) 1 present, 0 absent, -1 unknown
+    finding_positive: list[str]  # F
+    finding_negative: list[str]  # F
+    texts: list[list[str]]  # (N x A) region description to generate ("" = none)
+
+
+@dataclass
+class Batch:
+    images: Tensor  # (N, 1, S, S) in [0, 1]
+    pathology: PathologyTargets | None = None
+    anatomy: AnatomyTargets | None = None
+    sentences: list[list[str]] | None = None  # report sentences per image
+
+
+def _prompt_class_probs(box_features: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+    """P(class) of each box from a softmax over its (unnormalized) dot products with the class's pos / neg prompt."""
+    lp = (box_features * pos[None, :, None]).sum(-1)
+    ln = (box_features * neg[None, :, None]).sum(-1)
+    return torch.sigmoid(lp - ln)
+
+
+def multitask_losses(model: ChEX, batch: Batch, region_encoding: str = "prompts", generate: bool = True) -> dict[str, Tensor]:
+    """``region_encoding``: anatomy ROI tokens from the detector ("prompts") or from the ground-truth boxes ("boxes")."""
+    cfg = model.cfg.loss
+    feats = model.encode_image(normalize(batch.images.to(model.device), model.cfg.image))
+    out: dict[str, Tensor] = {}
+    if batch.pathology is not None:
+        t = batch.pathology
+        pos, neg = model.encode_prompts(t.positive), model.encode_prompts(t.negative)
+        det = model.detect(feats, pos, post_decoder=False)
+        supervised = t.has_boxes.to(det.mask.device)[:, None] & (t.labels >= 0)
+        cls_prob = _prompt_class_probs(det.box_features, pos, neg)
+        d = losses.detection_losses(det.boxes, det.box_scores, t.boxes, t.box_mask, supervised, cfg, cls_prob)
+        out.update({f"patho_box_{k}": v for k, v in d.items()})
+        known = t.labels >= 0
+        if known.any():
+            n_cls = len(t.positive)
+            cls_idx = torch.arange(n_cls, device=known.device).expand_as(t.labels)
+            target = torch.where(t.labels == 1, cls_idx, cls_idx + n_cls)[known]
+            out["patho_cls"] = losses.pathology_infonce(det.features[known], target, pos, neg, cfg.pathology_temperature)
+    if batch.anatomy is not None:
+        t = batch.anatomy
+        if region_encoding == "prompts":
+            det = model.detect(feats, model.encode_prompts(t.prompts))
+            d = losses.detection_losses(
+                det.boxes, det.box_scores, t.boxes[:, :, None], t.present[:, :, None], torch.ones_like(t.present), cfg
+            )
+            out.update({f"anat_box_{k}": v for k, v in d.items()})
+            features = det.features
+        elif region_encoding == "boxes":
+            features = model.encode_boxes(feats, t.boxes, t.present)
+        else:
+            raise ValueError(f"region_encoding must be 'prompts' or 'boxes', got {region_encoding!r}")
+        rows = t.present & (t.labels >= 0).any(-1)
+        if rows.any():
+            out["anat_cls"] = losses.anatomy_infonce(
+                features[rows], t.labels[rows], model.encode_prompts(t.finding_positive),
+                model.encode_prompts(t.finding_negative), cfg.anatomy_temperature, cfg.anatomy_negatives,
+            )
+        with_text = [(n, a) for n, row in enumerate(t.texts) for a, text in enumerate(row) if text and t.present[n, a]]
+        if generate and with_text:
+            idx = torch.tensor(with_text, device=features.device)
+            out["anat_gen"] = model.generator.loss(features[idx[:, 0], idx[:, 1]], [t.texts[n][a] for n, a in with_text])
+    if batch.sentences is not None and any(batch.sentences):
+        emb, mask = model.prompt_encoder.encode_padded(batch.sentences)
+        det = model.detect(feats, emb, mask)
+        region, sent = det.features[mask], emb[mask]
+        flat = [s for row in batch.sentences for s in row]
+        ids = {s: i for i, s in enumerate(dict.fromkeys(flat))}
+        key = torch.tensor([ids[s] for s in flat], device=region.device)
+        out["sent_contr"] = losses.contrastive(region, sent, cfg.sentence_temperature, same=key[:, None] == key[None, :])
+        out["sent_mse"] = losses.squared_error(region, sent)
+        has = mask.any(-1)
+        if has.sum() > 1:
+            text_mean = (emb * mask[..., None]).sum(1)[has] / mask.sum(1, keepdim=True)[has]
+            out["global_contr"] = losses.contrastive(
+                feats.patches.mean((1, 2))[has], text_mean, cfg.global_temperature, symmetric=True
+            )
+        if generate:
+            out["sent_gen"] = model.generator.loss(region, flat)
+    return out

@@ -1,0 +1,71 @@
+"""Frozen CLIP text encoder turning prompt strings into prompt tokens, with a bounded per-string cache."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerBase
+
+
+class PromptEncoder(nn.Module):
+    """``encode(["Pleural effusion", ...]) -> (Q, d)``; always frozen and in eval mode.
+
+    Embeddings are cached per string (least recently used out first), since training and inference re-encode the
+    same class, anatomy and sentence prompts over and over.
+    """
+
+    def __init__(self, text: CLIPTextModelWithProjection, tokenizer: PreTrainedTokenizerBase, cache_size: int) -> None:
+        super().__init__()
+        self.text = text
+        self.tokenizer = tokenizer
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, Tensor] = OrderedDict()
+        self.text.requires_grad_(False)
+        self.text.eval()
+
+    def train(self, mode: bool = True) -> "PromptEncoder":
+        super().train(mode)
+        self.text.eval()
+        return self
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    @torch.no_grad()
+    def _encode(self, texts: list[str]) -> Tensor:
+        max_len = self.text.config.max_position_embeddings
+        tok = self.tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        device = self.text.text_projection.weight.device
+        out = self.text(input_ids=tok["input_ids"].to(device), attention_mask=tok["attention_mask"].to(device))
+        return out.text_embeds
+
+    def encode(self, texts: Sequence[str]) -> Tensor:
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            for text, emb in zip(missing, self._encode(missing)):
+                self._cache[text] = emb
+        rows = []
+        for text in texts:
+            self._cache.move_to_end(text)
+            rows.append(self._cache[text])
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        if not rows:
+            return torch.zeros(0, self.text.config.projection_dim, device=self.text.text_projection.weight.device)
+        return torch.stack(rows)
+
+    def encode_padded(self, texts: Sequence[Sequence[str]]) -> tuple[Tensor, Tensor]:
+        """Per-image prompt lists -> ``(N, Q_max, d)`` embeddings and a ``(N, Q_max)`` validity mask."""
+        flat = [t for row in texts for t in row]
+        emb = self.encode(flat)
+        q = max((len(row) for row in texts), default=0)
+        out = emb.new_zeros(len(texts), q, emb.shape[-1])
+        mask = torch.zeros(len(texts), q, dtype=torch.bool, device=emb.device)
+        i = 0
+        for n, row in enumerate(texts):
+            out[n, : len(row)] = emb[i : i + len(row)]
+            mask[n, : len(row)] = True
+            i += len(row)
+        return out, mask

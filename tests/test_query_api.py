@@ -1,0 +1,141 @@
+"""Query and report API, image/box frames, near-duplicate removal, and the `chex query` command."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from chex_model.cli import main
+from chex_model.inference import prepare_image, remove_near_duplicates
+from chex_model.prompts import Dedup, Positivity, PromptSet, chexpert_prompts, load_prompt_set
+from preprocessing.box_geometry import xyxy_to_stored_cxcywh
+from tests_support import write_dicom
+
+
+def test_boxes_map_between_the_image_and_the_model_crop() -> None:
+    prep = prepare_image(np.zeros((300, 420), dtype=np.uint8), 64)
+    assert prep.pixels.shape == (1, 1, 64, 64) and (prep.width, prep.height) == (420, 300)
+    xyxy = np.array([[100.0, 40.0, 220.0, 260.0]])  # pixels of the 420 x 300 image
+    stored, keep = xyxy_to_stored_cxcywh(xyxy, 420, 300)  # the ingest pipeline's (independent) crop-frame conversion
+    image_norm = torch.tensor([[160 / 420, 150 / 300, 120 / 420, 220 / 300]], dtype=torch.float64)
+    assert keep.all()
+    np.testing.assert_allclose(prep.to_crop(image_norm).numpy(), stored, atol=1e-9)
+    torch.testing.assert_close(prep.from_crop(prep.to_crop(image_norm)), image_norm)
+
+
+def test_near_duplicate_removal_keeps_the_higher_weight() -> None:
+    sim = np.array([[1, 0.97, 0.2, 0.91], [0.97, 1, 0.3, 0.5], [0.2, 0.3, 1, 0.1], [0.91, 0.5, 0.1, 1]])
+    assert remove_near_duplicates(sim, [0.9, 0.5, 0.4, 0.3], 0.95, 0.9, 10) == [0, 2, 3]
+    assert remove_near_duplicates(sim, [0.1, 0.5, 0.4, 0.3], 0.95, 0.9, 10) == [1, 2, 3]
+    # the loose threshold applies only while more than max_kept sentences remain
+    assert remove_near_duplicates(sim, [0.9, 0.5, 0.4, 0.3], 0.95, 0.9, 2) == [0, 2]
+    assert remove_near_duplicates(np.eye(3), [1, 1, 1], 0.95, 0.9, 1) == [0, 1, 2]
+
+
+def test_report_prompt_set_matches_the_chexpert_prompts() -> None:
+    ps = load_prompt_set("report")
+    pairs = chexpert_prompts()
+    assert ps.pathology == ps.positivity.positive == [p for p, _ in pairs.values()]
+    assert ps.positivity.negative == [n for _, n in pairs.values()]
+    assert len(ps.pathology) + len(ps.anatomy) == 29
+
+
+def test_query_on_a_trained_model(trained_tiny) -> None:
+    model, batch, _, _ = trained_tiny
+    image = batch.images[0, 0]
+    region = batch.anatomy.prompts.index("Right lung")
+    target = batch.anatomy.boxes[0, region].tolist()
+    text, box, fused = model.query(image, prompts=["Right lung"], boxes=[target], box_prompts=[(target, "Right lung")],
+                                   classes=[("Pleural effusion", "No pleural effusion")])
+    assert box.sentence == batch.anatomy.texts[0][region]  # the ground-truth box describes what it was trained on
+    assert np.abs(np.array(text.box) - np.array(target)).sum() < 0.25
+    assert text.sentence and fused.sentence and set(text.probabilities) == {"Pleural effusion"}
+    with pytest.raises(ValueError):
+        model.query(image)
+    with pytest.raises(ValueError):
+        model.query(image, boxes=[(0.5, 0.5, 0.0, 0.2)])
+
+
+def test_report_filters_anatomy_by_positivity(trained_tiny) -> None:
+    model, batch, _, _ = trained_tiny
+    base = dict(name="t", pathology=["Pleural effusion", "Cardiomegaly"], anatomy=["Right lung", "Left lung", "Trachea"],
+                dedup=Dedup(strict=1.01, loose=1.01))
+    everything = model.report(batch.images[0, 0], PromptSet(**base, positivity=Positivity(["Effusion"], ["Normal"], 0.0)))
+    assert [s.query for s in everything.sentences if s.sentence] == [s.query for s in everything.sentences]
+    assert {s.query for s in everything.sentences} <= set(base["pathology"] + base["anatomy"])
+    assert len([s for s in everything.sentences if s.kind == "anatomy"]) == 3
+    none = model.report(batch.images[0, 0], PromptSet(**base, positivity=Positivity(["Effusion"], ["Normal"], 1.01)))
+    assert [s.kind for s in none.sentences] == ["pathology", "pathology"]
+    default = model.report(batch.images[0, 0])
+    assert all(s.abnormal >= 0.5 for s in default.sentences if s.kind == "anatomy")
+    assert default.text == " ".join(s.sentence for s in default.sentences)
+    assert all(len(s.box) == 4 for s in default.sentences)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(trained_tiny, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ckpt")
+    trained_tiny[0].save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def xray_files(trained_tiny, tmp_path_factory) -> dict[str, Path]:
+    img = (trained_tiny[1].images[1, 0].numpy() * 255).round().astype(np.uint8)
+    out = tmp_path_factory.mktemp("xrays")
+    Image.fromarray(img).save(out / "a.png")
+    Image.fromarray(img).save(out / "a.jpg", quality=95)
+    write_dicom(out / "a.dcm", img.astype(np.uint16) * 16, "MONOCHROME2", 12)
+    (out / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return {p.stem + p.suffix: p for p in out.iterdir()}
+
+
+@pytest.mark.parametrize("name", ["a.png", "a.jpg", "a.dcm"])
+def test_cli_query_prints_json_and_draws(name, checkpoint, xray_files, tmp_path, capsys) -> None:
+    picture = tmp_path / "answer.png"
+    code = main(["query", str(xray_files[name]), "--model", str(checkpoint), "--prompt", "Left lung",
+                 "--box", "0.3,0.5,0.2,0.4", "--box-prompt", "0.7,0.5,0.2,0.4", "Left lung",
+                 "--classify", "Consolidation", "No consolidation", "--out", str(picture)])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["prompt"] for r in out["results"]] == ["Left lung", None, "Left lung"]
+    assert all("Consolidation" in r["probabilities"] for r in out["results"])
+    with Image.open(picture) as im:
+        assert im.mode == "RGB" and im.width == 768 and im.height > 768
+
+
+def test_cli_report(checkpoint, xray_files, capsys) -> None:
+    assert main(["query", str(xray_files["a.png"]), "--model", str(checkpoint), "--report", "--max-tokens", "12"]) == 0
+    report = json.loads(capsys.readouterr().out)["report"]
+    assert report["sentences"] and report["text"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{img}", "--prompt", "x", "--box", "0.5,0.5,0.2"], "bad box"),
+    (["{img}", "--prompt", "x", "--box", "0.5,0.5,1.5,0.2"], "bad box"),
+    (["{img}", "--prompt", "x", "--box", "a,b,c,d"], "bad box"),
+    (["{img}", "--box-prompt", "0.5,0.5,0.2", "Left lung"], "bad box"),
+    (["missing.png", "--prompt", "x"], "not found"),
+    (["{broken}", "--prompt", "x"], "cannot read image"),
+    (["{img}"], "give --prompt"),
+    (["{img}", "--prompt", "x", "--model", "{nomodel}"], "no ChEX checkpoint"),
+])
+def test_cli_query_errors_are_one_line_with_exit_code_2(args, message, checkpoint, xray_files, tmp_path, capsys) -> None:
+    subst = {"img": xray_files["a.png"], "broken": xray_files["broken.jpg"], "nomodel": tmp_path}
+    argv = ["query", *[a.format(**subst) for a in args]]
+    if "--model" not in argv:
+        argv += ["--model", str(checkpoint)]
+    assert _exit_code(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def _exit_code(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse rejects malformed arguments before main's body runs
+        return int(exc.code)

@@ -1,0 +1,129 @@
+"""Gaussian ROI pooling and the loss functions against direct (loop / numpy) computations."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from chex_model import losses
+from chex_model.config import LossConfig
+from chex_model.roi_pool import gaussian_roi_pool, gaussian_roi_weights
+
+
+def test_full_image_box_over_constant_patches_returns_the_constant() -> None:
+    feats = torch.full((2, 7, 7, 5), 3.25)
+    boxes = torch.tensor([[[0.5, 0.5, 1.0, 1.0], [0.2, 0.7, 0.05, 0.3]]]).expand(2, -1, -1)
+    pooled = gaussian_roi_pool(feats, boxes)
+    torch.testing.assert_close(pooled, torch.full((2, 2, 5), 3.25))
+
+
+def test_weights_follow_the_formula_and_sum_to_one() -> None:
+    box = torch.tensor([0.3, 0.6, 0.4, 0.2], dtype=torch.float64)
+    w = gaussian_roi_weights(box, 5, 6, beta=2.0).view(5, 6).numpy()
+    expected = np.zeros((5, 6))
+    for i in range(5):
+        for j in range(6):
+            x, y = (j + 0.5) / 6, (i + 0.5) / 5
+            expected[i, j] = math.exp(-(abs(x - 0.3) / 0.4) ** 2 - (abs(y - 0.6) / 0.2) ** 2)
+    np.testing.assert_allclose(w, expected / expected.sum(), rtol=1e-10)
+    # a tiny box on one cell centre pools exactly that cell
+    feats = torch.randn(1, 4, 4, 3, dtype=torch.float64)
+    pooled = gaussian_roi_pool(feats, torch.tensor([[[0.625, 0.125, 1e-4, 1e-4]]], dtype=torch.float64))
+    torch.testing.assert_close(pooled[0, 0], feats[0, 0, 2])
+
+
+def test_pooling_is_differentiable_in_the_box() -> None:
+    feats = torch.randn(1, 7, 7, 4)
+    boxes = torch.tensor([[[0.4, 0.5, 0.3, 0.3]]], requires_grad=True)
+    gaussian_roi_pool(feats, boxes).sum().backward()
+    assert boxes.grad is not None and boxes.grad.abs().sum() > 0
+
+
+def test_focal_loss_matches_the_formula() -> None:
+    p = torch.tensor([0.9, 0.2, 0.6, 0.05])
+    y = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    alpha = (2 + 1) / (4 + 2)
+    expected = np.mean([
+        -alpha * (1 - pi) ** 2 * math.log(pi) if yi else -(1 - alpha) * pi**2 * math.log(1 - pi)
+        for pi, yi in zip(p.tolist(), y.tolist())
+    ])
+    assert losses.focal_loss(p, y, 2.0).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_detection_losses_on_a_perfect_and_an_absent_prompt() -> None:
+    cfg = LossConfig()
+    target = torch.tensor([0.3, 0.4, 0.2, 0.2])
+    boxes = torch.stack([target, target + 0.01, target - 0.01])[None, None]
+    boxes = torch.cat([boxes, torch.rand(1, 1, 3, 4) * 0.5 + 0.25], dim=1)  # second prompt: no targets
+    scores = torch.tensor([[[0.9, 0.1, 0.1], [0.3, 0.3, 0.3]]])
+    targets = torch.zeros(1, 2, 2, 4)
+    targets[0, 0, 0] = target
+    tmask = torch.tensor([[[True, False], [False, False]]])
+    out = losses.detection_losses(boxes, scores, targets, tmask, torch.ones(1, 2, dtype=torch.bool), cfg)
+    # all three boxes of prompt 0 match the one target: L1 = mean of (0, 0.04, 0.04)
+    assert out["l1"].item() == pytest.approx(0.08 / 3, abs=1e-6)
+    # score targets: only box 0 of prompt 0 is a first-copy match
+    alpha = (6 - 1 + 1) / (6 + 2)
+    s = scores.flatten().tolist()
+    terms = [-alpha * (1 - s[0]) ** 2 * math.log(s[0])] + [-(1 - alpha) * x**2 * math.log(1 - x) for x in s[1:]]
+    assert out["score"].item() == pytest.approx(np.mean(terms), rel=1e-5)
+
+
+def test_pathology_infonce_is_cross_entropy_over_pos_and_neg_prompts() -> None:
+    g = torch.Generator().manual_seed(0)
+    f, pos, neg = torch.randn(5, 8, generator=g), torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g)
+    labels = torch.tensor([0, 4, 2, 3, 1])  # c present, c + C absent
+    loss = losses.pathology_infonce(f, labels, pos, neg, 0.2).item()
+    prompts = F.normalize(torch.cat([pos, neg]), dim=-1).numpy()
+    fn = F.normalize(f, dim=-1).numpy()
+    expected = 0.0
+    for i, y in enumerate(labels.tolist()):
+        logits = fn[i] @ prompts.T / 0.2
+        expected += -(logits[y] - np.log(np.exp(logits).sum()))
+    assert loss == pytest.approx(expected / 5, rel=1e-5)
+
+
+def test_anatomy_infonce_multi_positive_against_a_loop() -> None:
+    g = torch.Generator().manual_seed(1)
+    f, pos, neg = torch.randn(3, 8, generator=g), torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+    labels = torch.tensor([[1, 0, -1, 0], [0, 0, 0, 0], [1, 1, 0, -1]])
+    loss = losses.anatomy_infonce(f, labels, pos, neg, 0.25, n_negatives=10).item()
+    cos = lambda a, b: float(F.normalize(a, dim=0) @ F.normalize(b, dim=0)) / 0.25  # noqa: E731
+    terms = []
+    for r in range(3):
+        used = [c for c in range(4) if labels[r, c] >= 0]
+        positives = [cos(f[r], pos[c] if labels[r, c] == 1 else neg[c]) for c in used]
+        negatives = [cos(f[r], neg[c] if labels[r, c] == 1 else pos[c]) for c in used]
+        for sp in positives:
+            terms.append(-(sp - math.log(math.exp(sp) + sum(math.exp(sn) for sn in negatives))))
+    assert loss == pytest.approx(np.mean(terms), rel=1e-5)
+
+
+def test_anatomy_negatives_are_subsampled_to_the_budget() -> None:
+    f, pos, neg = torch.randn(1, 8), torch.randn(30, 8), torch.randn(30, 8)
+    labels = torch.zeros(1, 30, dtype=torch.long)
+    labels[0, 0] = 1
+    full = losses.anatomy_infonce(f, labels, pos, neg, 0.25, n_negatives=100)
+    sub = [losses.anatomy_infonce(f, labels, pos, neg, 0.25, 3, torch.Generator().manual_seed(s)) for s in range(5)]
+    assert all(not torch.isclose(s, full) for s in sub)  # fewer absent findings take part
+    assert len({round(s.item(), 6) for s in sub}) > 1  # and which ones is random
+
+
+def test_contrastive_ignores_duplicate_texts_as_negatives() -> None:
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    b[3] = b[1]
+    same = torch.tensor([[i in (1, 3) and j in (1, 3) or i == j for j in range(4)] for i in range(4)])
+    loss = losses.contrastive(a, b, 0.5, same=same).item()
+    logits = (F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / 0.5).numpy()
+    expected = []
+    for i in range(4):
+        cols = [j for j in range(4) if j == i or not same[i, j]]
+        expected.append(-(logits[i, i] - np.log(np.exp(logits[i, cols]).sum())))
+    assert loss == pytest.approx(np.mean(expected), rel=1e-5)
+    sym = losses.contrastive(a, b, 0.5, symmetric=True).item()
+    assert sym == pytest.approx((F.cross_entropy(torch.tensor(logits), torch.arange(4)) +
+                                 F.cross_entropy(torch.tensor(logits.T), torch.arange(4))).item() / 2, rel=1e-5)
