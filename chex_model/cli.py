@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", type=Path, default=None, help="also draw the answers on the X-ray into this PNG")
     q.add_argument("--beams", type=_positive, default=1, help="beam width (1 = greedy)")
     q.add_argument("--max-tokens", type=_positive, default=None, help="longest sentence in tokens")
+    q.add_argument("--int8", action="store_true", help="int8 language model on the CPU (~3x faster generation)")
     return parser
 
 
@@ -109,6 +110,10 @@ def _query(args: argparse.Namespace) -> None:
     except (ImageDecodeError, ValueError, OSError) as exc:
         raise UsageError(f"cannot read image {args.image}: {exc}") from None
     model = ChEX.from_pretrained(model_dir)
+    if args.int8:
+        from chex_model.cpu_inference import quantize_for_cpu
+
+        quantize_for_cpu(model)
     out: dict = {"image": str(args.image), "model": str(model_dir)}
     notes: list[Annotation] = []
     gen = {"max_new_tokens": args.max_tokens, "num_beams": args.beams}

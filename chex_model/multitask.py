@@ -33,7 +33,7 @@ class AnatomyTargets:
     labels: Tensor  # (N, A, F) 1 present, 0 absent, -1 unknown
     finding_positive: list[str]  # F
     finding_negative: list[str]  # F
-    texts: list[list[str]]  # (N x A) region description to generate ("" = none)
+    phrases: list[list[list[str]]]  # (N x A) the region's report phrases ([] = none)
 
 
 @dataclass
@@ -89,10 +89,14 @@ def multitask_losses(model: ChEX, batch: Batch, region_encoding: str = "prompts"
                 features[rows], t.labels[rows], model.encode_prompts(t.finding_positive),
                 model.encode_prompts(t.finding_negative), cfg.anatomy_temperature, cfg.anatomy_negatives,
             )
-        with_text = [(n, a) for n, row in enumerate(t.texts) for a, text in enumerate(row) if text and t.present[n, a]]
-        if generate and with_text:
-            idx = torch.tensor(with_text, device=features.device)
-            out["anat_gen"] = model.generator.loss(features[idx[:, 0], idx[:, 1]], [t.texts[n][a] for n, a in with_text])
+        described = [(n, a) for n, row in enumerate(t.phrases) for a, ph in enumerate(row) if ph and t.present[n, a]]
+        if described:
+            idx = torch.tensor(described, device=features.device)
+            rois = features[idx[:, 0], idx[:, 1]]
+            phrase_means = torch.stack([model.encode_prompts(t.phrases[n][a]).mean(0) for n, a in described])
+            out["anat_mse"] = losses.squared_error(rois, phrase_means)
+            if generate:
+                out["anat_gen"] = model.generator.loss(rois, [" ".join(t.phrases[n][a]) for n, a in described])
     if batch.sentences is not None and any(batch.sentences):
         emb, mask = model.prompt_encoder.encode_padded(batch.sentences)
         det = model.detect(feats, emb, mask)

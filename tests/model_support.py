@@ -76,14 +76,15 @@ def phantom_batch(seed: int = 3) -> Batch:
         pathology=PathologyTargets([p for p, _ in CLASSES], [q for _, q in CLASSES], p_labels, p_boxes, p_mask,
                                    torch.ones(n, dtype=torch.bool)),
         anatomy=AnatomyTargets([r.capitalize() for r in REGIONS], a_boxes, torch.ones(n, a, dtype=torch.bool), labels,
-                               [prompts[f][0] for f in FINDINGS], [prompts[f][1] for f in FINDINGS], texts),
+                               [prompts[f][0] for f in FINDINGS], [prompts[f][1] for f in FINDINGS],
+                               [[[t] if t else [] for t in row] for row in texts]),
         sentences=[[t for t in row if t][:3] for row in texts],
     )
 
 
 WEIGHTS = {  # the reference's relative box / score weights; the squared-error terms scaled down as its stages do
     "patho_box_l1": 5.0, "patho_box_giou": 2.0, "patho_box_score": 3.0, "patho_cls": 1.0, "anat_box_l1": 5.0,
-    "anat_box_giou": 2.0, "anat_box_score": 1.0, "anat_cls": 1.0, "anat_gen": 1.0, "sent_contr": 0.2,
+    "anat_box_giou": 2.0, "anat_box_score": 1.0, "anat_cls": 1.0, "anat_mse": 0.04, "anat_gen": 1.0, "sent_contr": 0.2,
     "sent_mse": 0.02, "global_contr": 0.2, "sent_gen": 0.5,
 }
 
@@ -118,3 +119,8 @@ def anatomy_box_l1(model, batch: Batch) -> float:
         feats = model.encode_image(normalize(batch.images, model.cfg.image))
         det = model.detect(feats, model.encode_prompts(batch.anatomy.prompts))
     return float((det.boxes - batch.anatomy.boxes[:, :, None]).abs().sum(-1).mean())
+
+
+def texts_of(batch: Batch) -> list[list[str]]:
+    """Each region's generation target (its phrases joined), "" where the region has none."""
+    return [[" ".join(ph) for ph in row] for row in batch.anatomy.phrases]

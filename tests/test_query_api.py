@@ -13,6 +13,7 @@ from chex_model.cli import main
 from chex_model.inference import prepare_image, remove_near_duplicates
 from chex_model.prompts import Dedup, Positivity, PromptSet, chexpert_prompts, load_prompt_set
 from preprocessing.box_geometry import xyxy_to_stored_cxcywh
+from model_support import texts_of
 from tests_support import write_dicom
 
 
@@ -51,7 +52,7 @@ def test_query_on_a_trained_model(trained_tiny) -> None:
     target = batch.anatomy.boxes[0, region].tolist()
     text, box, fused = model.query(image, prompts=["Right lung"], boxes=[target], box_prompts=[(target, "Right lung")],
                                    classes=[("Pleural effusion", "No pleural effusion")])
-    assert box.sentence == batch.anatomy.texts[0][region]  # the ground-truth box describes what it was trained on
+    assert box.sentence == texts_of(batch)[0][region]  # the ground-truth box describes what it was trained on
     assert np.abs(np.array(text.box) - np.array(target)).sum() < 0.25
     assert text.sentence and fused.sentence and set(text.probabilities) == {"Pleural effusion"}
     with pytest.raises(ValueError):
@@ -139,3 +140,17 @@ def _exit_code(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as exc:  # argparse rejects malformed arguments before main's body runs
         return int(exc.code)
+
+
+def test_int8_cpu_inference_keeps_the_answers(trained_tiny) -> None:
+    import copy
+
+    from chex_model.cpu_inference import quantize_for_cpu
+
+    model, batch, _, _ = trained_tiny
+    quantized = quantize_for_cpu(copy.deepcopy(model))
+    assert any("quantized" in type(m).__module__ for m in quantized.generator.modules())
+    boxes = batch.anatomy.boxes[0].tolist()
+    fp32 = [r.sentence for r in model.query(batch.images[0, 0], boxes=boxes)]
+    int8 = [r.sentence for r in quantized.query(batch.images[0, 0], boxes=boxes)]
+    assert int8 == fp32

@@ -1,0 +1,115 @@
+"""Typed training configuration: data, model, the stages of the workflow, scaling, DeepSpeed, MLflow.
+
+One YAML file (``configs/train/<name>.yaml``) describes a whole workflow; each stage names what it trains, its
+loss weights and its schedule, and starts from the previous stage's exported model.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infra.config import ConfigError, load_config
+from pipelines.augment import AugmentConfig
+
+TRAINABLE = ("image_encoder", "image_encoder_top", "detector", "post_decoder", "generator")
+REGION_ENCODINGS = ("prompts", "boxes", "random")
+
+
+@dataclass
+class DataConfig:
+    tables: str = "demo_run/ingested"  # the ingest output folder (tables/ + manifest.json)
+    image_size: int = 0  # model input side; 0 = the model's own
+    vindr_factor: int = 0  # VinDr copies per epoch; 0 = round(N_mimic / N_vindr)
+    exclude_ms_cxr: bool = True  # keep MS-CXR evaluation images out of MIMIC training (reference: False)
+    pathology_classes: int = 10  # class queries kept per step (reference subsample 10)
+    anatomy_regions: int = 20  # anatomy queries kept per step (reference subsample 20)
+    max_sentences: int = 8  # report sentences per image used as prompts per step
+    val_fraction_cap: int = 64  # at most this many val images per validation pass
+    seed: int = 42
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class StageConfig:
+    name: str = "detection"
+    trains: list[str] = field(default_factory=lambda: ["image_encoder_top", "detector"])
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    steps: int = 100
+    lr: float = 1e-4
+    min_lr: float = 1e-7
+    warmup_steps: int = 10
+    weight_decay: float = 1e-5
+    region_encoding: str = "prompts"  # anatomy ROI tokens from "prompts" (detector), "boxes" (GT) or "random"
+    box_query_prob: float = 0.0  # chance a batch's anatomy ROI tokens come from its target boxes (box queries)
+    generate: bool = False  # compute language-model losses
+    val_every: int = 50
+    select_metric: str = "val/loss"  # checkpoint selection: the best of this metric
+    select_mode: str = "min"
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: str = ""  # "" = sqlite:///<absolute path of the workdir>/mlflow.db
+    experiment: str = "chex-train"
+
+
+@dataclass
+class TrainConfig:
+    workdir: str = "runs/demo"
+    model_preset: str = "tiny"
+    init_model: str = ""  # a save_pretrained folder to start from ("" = build from the preset)
+    clip_dir: str = ""  # pretrained CLIP folder (paper runs)
+    lm_dir: str = ""  # pretrained GPT-2 folder (paper runs)
+    batch_size: int = 8  # global batch = micro batch x accumulation x workers
+    micro_batch: int = 4
+    workers: int = 2
+    use_gpu: bool = False
+    deepspeed: str = "configs/deepspeed/zero2_cpu.json"
+    keep_checkpoints: int = 2
+    max_failures: int = 1
+    data: DataConfig = field(default_factory=DataConfig)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+    def stage_configs(self) -> list[StageConfig]:
+        from infra.config import from_dict
+
+        stages = [from_dict(StageConfig, s, f"stages[{i}].") for i, s in enumerate(self.stages)]
+        for s in stages:
+            bad = sorted(set(s.trains) - set(TRAINABLE))
+            if bad:
+                raise ConfigError(f"stage {s.name}: unknown trainable part(s) {bad}; choose from {list(TRAINABLE)}")
+            if s.region_encoding not in REGION_ENCODINGS:
+                raise ConfigError(f"stage {s.name}: region_encoding must be one of {list(REGION_ENCODINGS)}")
+        if len({s.name for s in stages}) != len(stages):
+            raise ConfigError("stage names must be unique")
+        return stages
+
+    def accumulation(self) -> int:
+        per_step = self.micro_batch * max(1, self.workers)
+        if self.batch_size % per_step:
+            raise ConfigError(f"batch_size {self.batch_size} is not a multiple of micro_batch x workers = {per_step}")
+        return self.batch_size // per_step
+
+    def deepspeed_config(self) -> dict[str, Any]:
+        """The DeepSpeed JSON with the batch sizes derived from this config (never set twice by hand)."""
+        try:
+            ds = json.loads(Path(self.deepspeed).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read DeepSpeed config {self.deepspeed}: {exc}") from exc
+        ds["train_micro_batch_size_per_gpu"] = self.micro_batch
+        ds["gradient_accumulation_steps"] = self.accumulation()
+        ds["train_batch_size"] = self.batch_size
+        return ds
+
+    def tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{Path(self.workdir).resolve() / 'mlflow.db'}"
+
+
+def load_train_config(path: Path | None) -> TrainConfig:
+    cfg = load_config(TrainConfig, path)
+    cfg.stage_configs()
+    cfg.accumulation()
+    return cfg
