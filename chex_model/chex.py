@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file
 from torch import Tensor, nn
 from transformers import (
     AutoTokenizer,
@@ -49,6 +49,20 @@ def _shared_names(model: nn.Module) -> set[str]:
             shared |= {name, seen[ptr]}
         seen[ptr] = name
     return shared
+
+
+def _unique_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each tied tensor once, every tensor an own contiguous copy: engines such as DeepSpeed ZeRO
+    turn parameters into views of one flat buffer, which safetensors would refuse to save."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, tuple[int, ...]]] = set()
+    for name, tensor in model.state_dict().items():
+        key = (tensor.data_ptr(), tuple(tensor.shape))
+        if tensor.numel() and key in seen:
+            continue
+        seen.add(key)
+        out[name] = tensor.detach().clone().contiguous()
+    return out
 
 
 class ChEX(nn.Module):
@@ -96,7 +110,7 @@ class ChEX(nn.Module):
         self.generator.lm.config.save_pretrained(out / LM_DIR)
         self.generator.tokenizer.save_pretrained(out / LM_DIR)
         (out / CONFIG_FILE).write_text(json.dumps({"format": FORMAT_VERSION, "chex": self.cfg.to_dict()}, indent=2))
-        save_model(self, str(out / WEIGHTS_FILE), metadata={"format": "pt", "chex_format": str(FORMAT_VERSION)})
+        save_file(_unique_tensors(self), str(out / WEIGHTS_FILE), metadata={"format": "pt", "chex_format": str(FORMAT_VERSION)})
 
     @classmethod
     def from_pretrained(cls, directory: Path | str, device: str | torch.device = "cpu") -> "ChEX":
@@ -174,6 +188,13 @@ class ChEX(nn.Module):
     def generate(self, features: Tensor, max_new_tokens: int | None = None, num_beams: int = 1) -> list[str]:
         """One sentence per ROI token ``(K, d)``."""
         return self.generator.generate(features, max_new_tokens, num_beams)
+
+    def forward(self, batch, region_encoding: str = "prompts", generate: bool = True) -> dict[str, Tensor]:
+        """Training: every loss term of a :class:`~chex_model.multitask.Batch` by name (so engines such as DeepSpeed,
+        which wrap ``forward``, see the whole step)."""
+        from chex_model.multitask import multitask_losses
+
+        return multitask_losses(self, batch, region_encoding, generate)
 
     # ---- interactive use (see chex_model.inference) -------------------------------------------------------------
     def query(self, image, prompts: Sequence[str] = (), boxes: Sequence[Sequence[float]] = (), **kwargs):

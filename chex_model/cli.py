@@ -57,6 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--image-scale", type=_scale, default=1.0)
 
+    train = sub.add_parser("train", help="multitask training: the workflow's stages on Ray Train + DeepSpeed")
+    train.add_argument("--config", type=Path, default=Path("configs/train/demo.yaml"), help="training workflow YAML")
+    train.add_argument("--stage", action="append", default=[], help="run only this stage (repeatable; default all)")
+    train.add_argument("--address", default=None, help="Ray cluster address ('auto' or host:port); default local")
+    train.add_argument("--workers", type=_positive, default=None, help="override the number of training workers")
+    train.add_argument("--gpus", action="store_true", help="one GPU per worker (NCCL; use a bf16 DeepSpeed config)")
+    train.add_argument("--workdir", type=Path, default=None, help="override the workflow's output folder")
+
+    tune = sub.add_parser("tune", help="Ray Tune sweep of one stage (ASHA, MLflow child run per trial)")
+    tune.add_argument("--config", type=Path, default=Path("configs/tune/demo.yaml"), help="sweep YAML")
+    tune.add_argument("--address", default=None, help="Ray cluster address ('auto' or host:port); default local")
+    tune.add_argument("--samples", type=_positive, default=None, help="override the number of trials")
+
     q = sub.add_parser("query", help="ask a trained model about one X-ray: text prompts, boxes, or a full report")
     q.add_argument("image", type=Path, help="JPEG, PNG or DICOM file")
     q.add_argument("--prompt", action="append", default=[], help="text query (repeatable), e.g. 'Pleural effusion'")
@@ -133,6 +146,43 @@ def _query(args: argparse.Namespace) -> None:
     print(json.dumps(out, indent=2))
 
 
+def _train(args: argparse.Namespace) -> None:
+    from infra.ray_runtime import init_ray
+    from pipelines.train import run_workflow
+    from pipelines.train_config import load_train_config
+
+    cfg = load_train_config(_existing(args.config, "--config"))
+    if args.workers:
+        cfg.workers = args.workers
+    if args.gpus:
+        cfg.use_gpu = True
+    if args.workdir:
+        cfg.workdir = str(args.workdir)
+    cfg.accumulation()
+    init_ray(args.address)
+    for res in run_workflow(cfg, only=args.stage or None):
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(res.metrics.items()) if k.startswith("val/"))
+        print(f"stage {res.name}: model {res.model_dir} ({shown})")
+    print(f"MLflow: {cfg.tracking_uri()} (experiment {cfg.mlflow.experiment})")
+
+
+def _tune(args: argparse.Namespace) -> None:
+    from pipelines.tune import load_sweep_config, run_sweep
+
+    sweep = load_sweep_config(_existing(args.config, "--config"))
+    if args.samples:
+        sweep.num_samples = args.samples
+    res = run_sweep(sweep, args.address)
+    print(f"{res.trials} trials; best {sweep.metric} = {res.best_metrics[sweep.metric]:.4g} with {res.best_params}")
+    print(f"best config: {res.best_config}")
+
+
+def _existing(path: Path, flag: str) -> Path:
+    if not path.is_file():
+        raise UsageError(f"{flag} {path} does not exist")
+    return path
+
+
 def _ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=None, help="ingest YAML (default: built-in = configs/ingest.yaml)")
     p.add_argument("--image-size", type=_positive, default=None, help="override the stored image side")
@@ -194,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
             _ingest(args, raw, args.workdir / "ingested")
         elif args.command == "query":
             _query(args)
+        elif args.command == "train":
+            _train(args)
+        elif args.command == "tune":
+            _tune(args)
     except UsageError as exc:
         print(f"chex {args.command}: error: {exc}", file=sys.stderr)
         return 2

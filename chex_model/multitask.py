@@ -51,8 +51,22 @@ def _prompt_class_probs(box_features: Tensor, pos: Tensor, neg: Tensor) -> Tenso
     return torch.sigmoid(lp - ln)
 
 
+def text_pretrain_loss(model: ChEX, sentences: list[list[str]]) -> dict[str, Tensor]:
+    """Sentence-generator pre-training (reference "txtgen" stage): each report sentence is generated from its own
+    frozen CLIP embedding under dropout, so the prefix learns to read the shared space before it sees ROI tokens."""
+    flat = [s for row in sentences for s in row]
+    if not flat:
+        return {}
+    emb = model.encode_prompts(flat).detach()
+    emb = torch.nn.functional.dropout(emb, model.cfg.generator.prefix_dropout, model.training)
+    return {"text_gen": model.generator.loss(emb, flat)}
+
+
 def multitask_losses(model: ChEX, batch: Batch, region_encoding: str = "prompts", generate: bool = True) -> dict[str, Tensor]:
-    """``region_encoding``: anatomy ROI tokens from the detector ("prompts") or from the ground-truth boxes ("boxes")."""
+    """``region_encoding``: anatomy ROI tokens from the detector ("prompts") or from the ground-truth boxes ("boxes");
+    "text" runs only the sentence-generator pre-training loss (no image)."""
+    if region_encoding == "text":
+        return text_pretrain_loss(model, batch.sentences or [])
     cfg = model.cfg.loss
     feats = model.encode_image(normalize(batch.images.to(model.device), model.cfg.image))
     out: dict[str, Tensor] = {}

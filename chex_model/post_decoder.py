@@ -24,7 +24,7 @@ class PostDecoder(nn.Module):
             for _ in range(cfg.n_layers)
         )
         self.norm = nn.LayerNorm(d)
-        self.gate = nn.Parameter(torch.zeros(()))
+        self.gate = nn.Parameter(torch.zeros(1))  # 1-d: DeepSpeed broadcasts parameters as byte views
 
     def forward(self, tokens: Tensor, mask: Tensor, patches: Tensor, pos: Tensor, global_token: Tensor) -> Tensor:
         n, q, t, d = tokens.shape

@@ -26,6 +26,13 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     kwargs = {}
     for key, value in data.items():
         hint = hints[key]
+        args = typing.get_args(hint)
+        if typing.get_origin(hint) is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}{key}: expected a mapping, got {type(value).__name__}")
+            kwargs[key] = {k: v if isinstance(v, args[1]) else from_dict(args[1], v, f"{where}{key}.{k}.")
+                           for k, v in value.items()}
+            continue
         nested = next((t for t in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(t)), None)
         if nested is not None and isinstance(value, dict):
             value = from_dict(nested, value, f"{where}{key}.")

@@ -66,8 +66,9 @@ def sample_transform(rng: np.random.Generator, cfg: AugmentConfig) -> Transform:
 def warp_image(image: np.ndarray, matrix: np.ndarray, out_size: int) -> np.ndarray:
     """uint8 ``(S, S)`` -> float32 ``(out_size, out_size)`` in [0, 1]; outside the source is black."""
     s_in = image.shape[0]
-    out_to_norm = np.array([[1 / out_size, 0, 0.5 / out_size], [0, 1 / out_size, 0.5 / out_size], [0, 0, 1]])
-    norm_to_in = np.array([[s_in, 0, -0.5], [0, s_in, -0.5], [0, 0, 1]])
+    # PIL samples output pixel x at x + 0.5 and input pixel i covers [i, i + 1): plain scalings, no half-pixel terms
+    out_to_norm = np.diag([1 / out_size, 1 / out_size, 1])
+    norm_to_in = np.diag([s_in, s_in, 1])
     inv = norm_to_in @ np.linalg.inv(matrix) @ out_to_norm
     warped = Image.fromarray(image).transform(
         (out_size, out_size), Image.Transform.AFFINE, tuple(inv[:2].ravel()), resample=Image.Resampling.BILINEAR

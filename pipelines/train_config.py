@@ -14,7 +14,8 @@ from infra.config import ConfigError, load_config
 from pipelines.augment import AugmentConfig
 
 TRAINABLE = ("image_encoder", "image_encoder_top", "detector", "post_decoder", "generator")
-REGION_ENCODINGS = ("prompts", "boxes", "random")
+ENGINES = ("deepspeed", "ddp")
+REGION_ENCODINGS = ("prompts", "boxes", "random", "text")
 
 
 @dataclass
@@ -28,6 +29,11 @@ class DataConfig:
     max_sentences: int = 8  # report sentences per image used as prompts per step
     val_fraction_cap: int = 64  # at most this many val images per validation pass
     seed: int = 42
+    cache_rows: bool = False  # keep the read rows (compressed) in the object store across epochs; for data that fits
+    shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer (reseeded every epoch)
+    # True: each row's augmentation is a function of (seed, row, copy), identical every epoch, and blocks stream in
+    # order, so a resumed run reproduces an uninterrupted one; False: fresh draws every epoch, no ordering waits
+    reproducible: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -36,12 +42,15 @@ class StageConfig:
     name: str = "detection"
     trains: list[str] = field(default_factory=lambda: ["image_encoder_top", "detector"])
     loss_weights: dict[str, float] = field(default_factory=dict)
-    steps: int = 100
+    steps: int = 100  # optimizer steps (global batches)
+    epochs: float = 0.0  # if > 0, steps = ceil(epochs x training samples per epoch / batch_size), samples counted at start
     lr: float = 1e-4
     min_lr: float = 1e-7
     warmup_steps: int = 10
     weight_decay: float = 1e-5
-    region_encoding: str = "prompts"  # anatomy ROI tokens from "prompts" (detector), "boxes" (GT) or "random"
+    # anatomy ROI tokens from "prompts" (detector), "boxes" (GT) or "random" (a coin flip per step); "text" =
+    # sentence-generator pre-training on frozen CLIP sentence embeddings, no image
+    region_encoding: str = "prompts"
     box_query_prob: float = 0.0  # chance a batch's anatomy ROI tokens come from its target boxes (box queries)
     generate: bool = False  # compute language-model losses
     val_every: int = 50
@@ -65,7 +74,9 @@ class TrainConfig:
     batch_size: int = 8  # global batch = micro batch x accumulation x workers
     micro_batch: int = 4
     workers: int = 2
+    cpus_per_worker: float = 1.0  # < 1 on a laptop leaves cores for the Ray Data pipeline that feeds the workers
     use_gpu: bool = False
+    engine: str = "deepspeed"  # "deepspeed" (ZeRO per the JSON below) or "ddp" (plain PyTorch DDP, fp32)
     deepspeed: str = "configs/deepspeed/zero2_cpu.json"
     keep_checkpoints: int = 2
     max_failures: int = 1
@@ -110,6 +121,8 @@ class TrainConfig:
 
 def load_train_config(path: Path | None) -> TrainConfig:
     cfg = load_config(TrainConfig, path)
+    if cfg.engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {list(ENGINES)}, got {cfg.engine!r}")
     cfg.stage_configs()
     cfg.accumulation()
     return cfg

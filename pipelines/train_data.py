@@ -14,10 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from chex_model.multitask import AnatomyTargets, Batch, PathologyTargets
-from chex_model.prompts import anatomy_prompts, cig_finding_prompts, vindr_prompts
 from pipelines.augment import AugmentConfig, flip_region, photometric, sample_transform, swap_left_right, warp_boxes, warp_image
 from preprocessing.classes import CIG_ANATOMICAL_FINDINGS_43, CIG_ANATOMY_29, CIG_DISEASES_10, VINDR_LOCAL_22
 from preprocessing.image_io import decode_png
@@ -26,7 +23,9 @@ REGIONS = CIG_ANATOMY_29
 FINDINGS = CIG_ANATOMICAL_FINDINGS_43 + CIG_DISEASES_10
 PATHOLOGIES = VINDR_LOCAL_22
 MAX_BOXES = 16  # boxes per class and image kept as targets (VinDr fused boxes rarely exceed 6)
-FLIP_PERM = np.array([REGIONS.index(flip_region(r)) for r in REGIONS])
+# Region j of a flipped image is region FLIP_PERM[j] of the original; -1 where the mirror region has no name of its own
+# (after a flip the "right atrium" box lies on the image's left, where no region of that name exists: it is dropped).
+FLIP_PERM = np.array([REGIONS.index(flip_region(r)) if flip_region(r) in REGIONS else -1 for r in REGIONS])
 _REGION_INDEX = {r: i for i, r in enumerate(REGIONS)}
 _FINDING_INDEX = {f: i for i, f in enumerate(FINDINGS)}
 _PATHO_INDEX = {c: i for i, c in enumerate(PATHOLOGIES)}
@@ -46,14 +45,15 @@ def oversampling_factor(n_mimic: int, n_vindr: int, factor: int = 0) -> int:
     return max(1, round(n_mimic / n_vindr))
 
 
-def _row_seed(seed: int, sample_id: str, copy: int, epoch: int) -> int:
-    digest = hashlib.blake2b(f"{seed}/{epoch}/{sample_id}/{copy}".encode(), digest_size=8).digest()
+def _row_seed(seed: int, sample_id: str, copy: int) -> int:
+    digest = hashlib.blake2b(f"{seed}/{sample_id}/{copy}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
 
 
-def encode_row(row: dict[str, Any], size: int, augment: AugmentConfig | None, seed: int, epoch: int = 0) -> dict[str, Any]:
-    """One table row -> fixed-size arrays: image, pathology labels / boxes, anatomy boxes / labels, texts (JSON)."""
-    rng = np.random.default_rng(_row_seed(seed, row["sample_id"], int(row.get("copy", 0)), epoch))
+def encode_row(row: dict[str, Any], size: int, augment: AugmentConfig | None, seed: int | None) -> dict[str, Any]:
+    """One table row -> fixed-size arrays: image, pathology labels / boxes, anatomy boxes / labels, texts (JSON).
+    ``seed`` fixes the row's augmentation as a function of (seed, row, copy); ``None`` draws fresh randomness."""
+    rng = np.random.default_rng(None if seed is None else _row_seed(seed, row["sample_id"], int(row.get("copy", 0))))
     image = decode_png(row["image_png"])
     if augment is not None and augment.enabled:
         tf = sample_transform(rng, augment)
@@ -106,8 +106,9 @@ def encode_row(row: dict[str, Any], size: int, augment: AugmentConfig | None, se
                 phrases[_REGION_INDEX[rp["region"]]] = list(rp["phrases"])
     sentences = list(row.get("report_sentences") or [])
     if flipped:  # mirror identities and words: the "right lung" box is now on the image's other side
-        anat_boxes, anat_present, anat_labels = anat_boxes[FLIP_PERM], anat_present[FLIP_PERM], anat_labels[FLIP_PERM]
-        phrases = [[swap_left_right(p) for p in phrases[j]] for j in FLIP_PERM]
+        anat_boxes, anat_present, anat_labels = anat_boxes[FLIP_PERM], anat_present[FLIP_PERM] & (FLIP_PERM >= 0), anat_labels[FLIP_PERM]
+        anat_labels[FLIP_PERM < 0] = -1
+        phrases = [[swap_left_right(p) for p in phrases[j]] if j >= 0 else [] for j in FLIP_PERM]
         sentences = [swap_left_right(s) for s in sentences]
     return {
         "sample_id": row["sample_id"], "source": row["source"], "image": pixels,
@@ -117,110 +118,96 @@ def encode_row(row: dict[str, Any], size: int, augment: AugmentConfig | None, se
     }
 
 
-def encode_batch(batch: dict[str, np.ndarray], size: int, augment: AugmentConfig | None, seed: int) -> dict[str, np.ndarray]:
-    """``map_batches`` body (numpy format): rows of one table batch -> stacked arrays."""
-    n = len(batch["sample_id"])
-    rows = [encode_row({k: batch[k][i] for k in batch}, size, augment, seed) for i in range(n)]
+def encode_batch(table, size: int, augment: AugmentConfig | None, seed: int | None) -> dict[str, np.ndarray]:
+    """``map_batches`` body (pyarrow in, numpy out): rows of one table batch -> stacked arrays."""
+    rows = [encode_row(row, size, augment, seed) for row in table.to_pylist()]
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def repeat_rows(batch: dict[str, np.ndarray], factor: int) -> dict[str, np.ndarray]:
-    """``map_batches`` body: every row ``factor`` times, tagged with its copy number (exact oversampling)."""
-    n = len(batch["sample_id"])
-    out = {k: np.repeat(v, factor, axis=0) for k, v in batch.items()}
-    out["copy"] = np.tile(np.arange(factor), n)
-    return out
+def repeat_rows(table, factor: int):
+    """``map_batches`` body (pyarrow): every row ``factor`` times, tagged with its copy number (exact oversampling)."""
+    import pyarrow as pa
+
+    n = len(table)
+    out = table.drop_columns(["copy"]).take(pa.array(np.repeat(np.arange(n), factor)))
+    return out.append_column("copy", pa.array(np.tile(np.arange(factor), n), pa.int64()))
 
 
 COLUMNS = ["sample_id", "source", "image_png", "labels", "boxes", "region_boxes", "region_labels", "region_phrases",
            "report_sentences"]
 
 
-def build_dataset(tables: Path, split: str, size: int, augment: AugmentConfig | None, seed: int, vindr_factor: int = 0,
-                  exclude_ids: set[str] | None = None, limit: int = 0):
-    """A Ray Dataset of encoded samples for ``split`` (MIMIC-CXR + VinDr-CXR; VinDr repeated on the train split)."""
+def read_table_file(batch, columns: list[str], exclude_ids: list[str], factors: dict[str, int]):
+    """``map_batches`` body: each input row names one Parquet file of one source; returns its rows (projected to
+    ``columns``) without excluded image ids, tagged with the source, VinDr rows repeated ``factors[source]`` times."""
+    import pyarrow as pa
     import pyarrow.compute as pc
-    import ray.data
+    import pyarrow.parquet as pq
 
     parts = []
-    counts = {}
+    for path, source in zip(batch["path"].to_pylist(), batch["source"].to_pylist()):
+        table = pq.read_table(path, columns=columns + ["image_id"])
+        if exclude_ids and source == "mimic_cxr":
+            table = table.filter(pc.invert(pc.is_in(table["image_id"], value_set=pa.array(exclude_ids, pa.string()))))
+        table = table.drop_columns(["image_id"]).append_column("source", pa.array([source] * len(table), pa.string()))
+        parts.append(repeat_rows(table.append_column("copy", pa.array([0] * len(table), pa.int64())), factors.get(source, 1)))
+    return pa.concat_tables(parts)
+
+
+def _count_rows(paths: list[str], exclude_ids: set[str] | None, limit: int) -> int:
+    """Rows the dataset will yield, from the Parquet files on the driver (no Ray Data execution)."""
+    import polars as pl
+
+    ids = pl.read_parquet(paths, columns=["image_id"])["image_id"]
+    n = int((~ids.is_in(sorted(exclude_ids))).sum()) if exclude_ids else len(ids)
+    return min(n, limit) if limit else n
+
+
+def ms_cxr_image_ids(tables: Path) -> set[str]:
+    """MIMIC dicom ids of every MS-CXR image (evaluation data, kept out of training by default)."""
+    import polars as pl
+
+    paths = [p for split in ("train", "val", "test") for p in table_paths(tables, "ms_cxr", split)]
+    return set(pl.read_parquet(paths, columns=["image_id"])["image_id"].to_list()) if paths else set()
+
+
+def build_dataset(tables: Path, split: str, size: int, augment: AugmentConfig | None, seed: int, vindr_factor: int = 0,
+                  exclude_ids: set[str] | None = None, limit: int = 0, reproducible_augment: bool = True,
+                  cache_rows: bool = False):
+    """A Ray Dataset of encoded samples for ``split`` (MIMIC-CXR + VinDr-CXR; VinDr repeated on the train split),
+    and a summary ``{"counts": rows per source before oversampling, "vindr_factor": k}``.
+
+    The train split's blocks come in a seeded random order; the workers add a local shuffle per epoch (cheaper
+    than a global all-to-all shuffle, and different every epoch). ``cache_rows`` keeps the read (still
+    PNG-compressed) rows in the object store, so later epochs skip listing and reading the files; decoding and
+    augmentation still run every epoch."""
+    import ray.data
+
+    files, counts = [], {}
     for source in TRAIN_SOURCES:
         paths = table_paths(tables, source, split)
-        if not paths:
-            counts[source] = 0
-            continue
-        ds = ray.data.read_parquet(paths, columns=[c for c in COLUMNS if c != "source"] + ["image_id"],
-                                   partitioning=None)
-        if exclude_ids and source == "mimic_cxr":
-            ids = sorted(exclude_ids)
-            ds = ds.filter(expr=None, fn=None) if False else ds.map_batches(
-                lambda t, ids=ids: t.filter(pc.invert(pc.is_in(t["image_id"], value_set=__import__("pyarrow").array(ids)))),
-                batch_format="pyarrow")
-        ds = ds.add_column("source", lambda t, s=source: __import__("pyarrow").array([s] * len(t)), batch_format="pyarrow")
-        counts[source] = ds.count()
-        parts.append((source, ds))
-    factor = oversampling_factor(counts.get("mimic_cxr", 0), counts.get("vindr_cxr", 0), vindr_factor) if split == "train" else 1
-    datasets = []
-    for source, ds in parts:
-        if source == "vindr_cxr" and factor != 1:
-            ds = ds.map_batches(repeat_rows, fn_kwargs={"factor": factor}, batch_format="numpy")
-        datasets.append(ds)
-    if not datasets:
+        counts[source] = _count_rows(paths, exclude_ids if source == "mimic_cxr" else None, 0) if paths else 0
+        files += [{"path": p, "source": source} for p in paths]
+    if not files:
         raise FileNotFoundError(f"no MIMIC-CXR or VinDr-CXR tables for split {split!r} under {tables}/tables")
-    ds = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+    factor = oversampling_factor(counts["mimic_cxr"], counts["vindr_cxr"], vindr_factor) if split == "train" else 1
+    # file listing on the driver and one read task per file: Ray Data's generic Parquet datasource costs seconds of
+    # fixed overhead per execution here, which every epoch would pay again
+    ds = ray.data.from_items(files).map_batches(
+        read_table_file, batch_size=1, batch_format="pyarrow",
+        fn_kwargs={"columns": [c for c in COLUMNS if c != "source"], "exclude_ids": sorted(exclude_ids or ()),
+                   "factors": {"vindr_cxr": factor}},
+    )
     if limit:
         ds = ds.limit(limit)
+    if cache_rows:
+        ds = ds.materialize()
     if split == "train":
-        ds = ds.random_shuffle(seed=seed)
-    ds = ds.map_batches(encode_batch, fn_kwargs={"size": size, "augment": augment, "seed": seed}, batch_format="numpy",
-                        batch_size=8)
+        ds = ds.randomize_block_order(seed=seed)
+    ds = ds.map_batches(encode_batch, fn_kwargs={"size": size, "augment": augment if split == "train" else None,
+                                                 "seed": seed if reproducible_augment else None},
+                        batch_format="pyarrow", batch_size=8)
     return ds, {"counts": counts, "vindr_factor": factor}
-
-
-def subsample(present: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of the classes kept this step: each with probability k / #classes-present-in-batch (at least the
-    present ones are likely kept), falling back to the first k when the draw is empty (reference behaviour)."""
-    n = len(present)
-    if n <= k:
-        return np.arange(n)
-    p = min(1.0, k / max(1, int(present.sum())))
-    keep = np.flatnonzero(present & (rng.uniform(size=n) < p))
-    absent = np.flatnonzero(~present)
-    fill = max(0, k - len(keep))
-    keep = np.concatenate([keep, rng.choice(absent, size=min(fill, len(absent)), replace=False)]) if fill else keep[:k]
-    return np.sort(keep.astype(int)) if len(keep) else np.arange(k)
-
-
-def collate(batch: dict[str, np.ndarray], rng: np.random.Generator, pathology_classes: int, anatomy_regions: int,
-            max_sentences: int) -> Batch:
-    """Numpy batch from the Ray Data shard -> multitask :class:`Batch` with per-target presence masks."""
-    images = torch.from_numpy(np.ascontiguousarray(batch["image"], dtype=np.float32))[:, None]
-    texts = [json.loads(t) for t in batch["texts"]]
-    out = Batch(images=images)
-    has_boxes = torch.from_numpy(batch["has_patho_boxes"].astype(bool))
-    if has_boxes.any():
-        labels = batch["patho_labels"]
-        keep = subsample((labels == 1).any(0), pathology_classes, rng)
-        prompts = vindr_prompts()
-        out.pathology = PathologyTargets(
-            [prompts[PATHOLOGIES[i]][0] for i in keep], [prompts[PATHOLOGIES[i]][1] for i in keep],
-            torch.from_numpy(labels[:, keep].astype(np.int64)), torch.from_numpy(batch["patho_boxes"][:, keep]),
-            torch.from_numpy(batch["patho_box_mask"][:, keep]), has_boxes,
-        )
-    present = batch["anat_present"]
-    if present.any():
-        keep = subsample(present.any(0), anatomy_regions, rng)
-        names, findings = anatomy_prompts(), cig_finding_prompts()
-        out.anatomy = AnatomyTargets(
-            [names[REGIONS[i]] for i in keep], torch.from_numpy(batch["anat_boxes"][:, keep]),
-            torch.from_numpy(present[:, keep]), torch.from_numpy(batch["anat_labels"][:, keep].astype(np.int64)),
-            [findings[f][0] for f in FINDINGS], [findings[f][1] for f in FINDINGS],
-            [[t["phrases"][i] for i in keep] for t in texts],
-        )
-    sentences = [t["sentences"][:max_sentences] for t in texts]
-    if any(sentences):
-        out.sentences = sentences
-    return out
 
 
 def epoch_steps(n_samples: int, global_batch: int) -> int:

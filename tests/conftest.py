@@ -12,6 +12,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+INGEST_SIZE = 64  # stored image side of the shared ingested tables
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +58,13 @@ def trained_tiny():
     initial = anatomy_box_l1(model.eval(), batch)
     model, history = train(model, batch, steps=300, every=10)
     return model, batch, initial, history
+
+
+@pytest.fixture(scope="session")
+def ingested(synth_raw: Path, ray_local, tmp_path_factory) -> tuple[Path, dict]:
+    """The ingest job's output on the shared raw tree: ``(folder, manifest)`` (read-only for tests)."""
+    from pipelines.ingest import run_ingest
+    from pipelines.ingest_config import IngestConfig
+
+    out = tmp_path_factory.mktemp("ingested")
+    return out, run_ingest(synth_raw, out, IngestConfig(image_size=INGEST_SIZE))

@@ -6,7 +6,7 @@ import socket
 import pytest
 import torch
 
-from chex_model.backbones import load_backbones, random_backbones, save_backbones, train_tokenizers
+from chex_model.backbones import random_backbones, save_backbones, train_tokenizers
 from chex_model.chex import ChEX
 from chex_model.corpus import default_corpus
 from model_support import tiny_config

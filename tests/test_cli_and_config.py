@@ -78,3 +78,54 @@ def test_ray_cluster_yaml_is_a_complete_launcher_config():
     ray_version = next(re.search(r"==([\d.]+)", p).group(1) for p in pins if p.startswith("ray["))
     assert f":{ray_version}-" in cfg["docker"]["image"]
     assert any("constraints.txt" in c for c in cfg["setup_commands"])
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("stages:\n  - {name: a, trains: [wings]}\n", "unknown trainable part(s) ['wings']"),
+    ("engine: horovod\n", "engine must be one of"),
+    ("batch_size: 10\nmicro_batch: 4\nworkers: 2\nstages: [{name: a}]\n", "not a multiple of micro_batch x workers"),
+    ("stages:\n  - {name: a, lr: fast}\n", "stages[0].lr"),
+])
+def test_bad_training_config_is_one_line_exit_1(tmp_path, capsys, text, fragment):
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(text)
+    assert main(["train", "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_training_cli_refuses_a_missing_config_and_an_unknown_stage(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(f"workdir: {tmp_path / 'w'}\ndeepspeed: {REPO / 'configs/deepspeed/zero2_cpu.json'}\n"
+                   "stages: [{name: detection}]\n")
+    assert main(["train", "--config", str(cfg), "--stage", "generation"]) == 1
+    assert "unknown stage(s) ['generation']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("space, fragment", [
+    ("{lr: {kind: loguniform, low: 0.0, high: 1.0}}", "low > 0 for loguniform"),
+    ("{lr: {kind: normal, low: 1, high: 2}}", "kind must be one of"),
+    ("{speed: {kind: uniform, low: 1, high: 2}}", "'speed' is not a stage setting"),
+    ("{}", "empty search space"),
+])
+def test_bad_sweep_config_is_one_line_exit_1(tmp_path, capsys, space, fragment):
+    cfg = tmp_path / "tune.yaml"
+    cfg.write_text(f"space: {space}\n")
+    assert main(["tune", "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1
+
+
+def test_shipped_training_and_sweep_configs_load():
+    from pipelines.train_config import load_train_config
+    from pipelines.tune import load_sweep_config
+
+    for name in ("demo", "paper"):
+        cfg = load_train_config(REPO / f"configs/train/{name}.yaml")
+        assert [s.name for s in cfg.stage_configs()] == ["detection", "post_decoder", "txtgen_pretrain", "generation"]
+        assert (REPO / cfg.deepspeed).is_file()
+    paper = load_train_config(REPO / "configs/train/paper.yaml")
+    assert paper.batch_size == 256 and paper.accumulation() == 1 and paper.use_gpu
+    assert load_sweep_config(REPO / "configs/tune/demo.yaml").space["lr"].kind == "loguniform"

@@ -21,7 +21,8 @@ from pipelines.schema import FILE_SCHEMA
 from preprocessing.synth.catalog import CATALOG
 from preprocessing.synth.generate import sample_truth
 
-SIZE = 64
+from conftest import INGEST_SIZE as SIZE
+
 TOL = 1.5 / SIZE   # boxes are compared in the stored frame; one and a half stored pixels
 
 
@@ -35,13 +36,6 @@ def stored(x1: float, y1: float, x2: float, y2: float, w: int, h: int) -> tuple[
 
 def as_tuple(box: dict) -> tuple[float, float, float, float]:
     return (box["cx"], box["cy"], box["w"], box["h"])
-
-
-@pytest.fixture(scope="module")
-def ingested(synth_raw: Path, ray_local, tmp_path_factory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("ingested")
-    manifest = run_ingest(synth_raw, out, IngestConfig(image_size=SIZE))
-    return out, manifest
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,50 @@
+"""MLflow lineage helpers: flattened params, git tags, and ingest datasets as MLflow inputs with their digests."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipelines.manifest import code_version, read_manifest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}} -> {"a.b": "1"}`` (MLflow params are flat strings, at most 6000 characters)."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = str(v)[:6000]
+    return out
+
+
+def code_tags() -> dict[str, str]:
+    code = code_version(REPO)
+    return {"mlflow.source.git.commit": str(code.get("git_commit")), "git_dirty": str(code.get("git_dirty")),
+            "package_version": str(code.get("package_version"))}
+
+
+def dataset_inputs(tables: Path, names: list[str], context: str) -> list[dict[str, Any]]:
+    """The ingest manifest's entries for ``names`` (e.g. "mimic_cxr/train") as loggable dataset specs."""
+    manifest = read_manifest(Path(tables)) or {}
+    out = []
+    for name in names:
+        entry = manifest.get("datasets", {}).get(name)
+        if entry:
+            out.append({"name": name, "path": str((Path(tables) / entry["path"]).resolve()), "digest": entry["digest"],
+                        "rows": entry["rows"], "context": context})
+    return out
+
+
+def log_dataset(spec: dict[str, Any]) -> None:
+    """``mlflow.log_input`` of a small manifest frame (path, rows) carrying the ingest digest, not the images
+    (MLflow keeps 16 characters of a dataset digest; the full sha256 goes into the input's tags)."""
+    import mlflow
+    import pandas as pd
+
+    frame = pd.DataFrame([{"path": spec["path"], "rows": spec["rows"]}])
+    ds = mlflow.data.from_pandas(frame, source=spec["path"], name=spec["name"], digest=spec["digest"][:16])
+    mlflow.log_input(ds, context=spec["context"], tags={"sha256": spec["digest"], "rows": str(spec["rows"])})
