@@ -46,11 +46,11 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 rows.append((workers, engine, run(args.tables, workers, engine, args.steps, Path(tmp))))
     print(f"\ntiny preset, detection stage, micro batch 4 per worker, {args.steps} steps, {os.cpu_count()} CPU cores")
-    print(f"{'workers':>7} | {'engine':<14} | {'samples/s':>9} | {'steps/s':>7} | {'first step (s)':>14} | {'peak RSS / worker (MB)':>22}")
-    print("-" * 86)
+    print(f"{'workers':>7} | {'engine':<16} | {'samples/s':>9} | {'steps/s':>7} | {'first step (s)':>14} | {'peak RSS / worker (MB)':>22}")
+    print("-" * 88)
     for workers, engine, m in rows:
         name = "DDP" if engine == "ddp" else "DeepSpeed ZeRO-2"
-        print(f"{workers:>7} | {name:<14} | {m['samples_per_s']:>9.1f} | {m['steps_per_s']:>7.2f} | "
+        print(f"{workers:>7} | {name:<16} | {m['samples_per_s']:>9.1f} | {m['steps_per_s']:>7.2f} | "
               f"{m['time_to_first_step_s']:>14.1f} | {m['peak_rss_mb']:>22.0f}")
 
 

@@ -51,6 +51,9 @@ def _shared_names(model: nn.Module) -> set[str]:
     return shared
 
 
+ANCHOR = "anchor"  # the zero loss term of ChEX.forward that touches every trainable parameter
+
+
 def _unique_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict with each tied tensor once, every tensor an own contiguous copy: engines such as DeepSpeed ZeRO
     turn parameters into views of one flat buffer, which safetensors would refuse to save."""
@@ -194,7 +197,12 @@ class ChEX(nn.Module):
         which wrap ``forward``, see the whole step)."""
         from chex_model.multitask import multitask_losses
 
-        return multitask_losses(self, batch, region_encoding, generate)
+        out = multitask_losses(self, batch, region_encoding, generate)
+        if torch.is_grad_enabled():
+            # zero-valued, but it puts every trainable parameter into every rank's graph: data-parallel engines then
+            # reduce the same gradients on all ranks even when a batch lacks some targets (or all of them)
+            out[ANCHOR] = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+        return out
 
     # ---- interactive use (see chex_model.inference) -------------------------------------------------------------
     def query(self, image, prompts: Sequence[str] = (), boxes: Sequence[Sequence[float]] = (), **kwargs):

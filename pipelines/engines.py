@@ -54,7 +54,7 @@ class DeepSpeedEngine:
 
 
 class DdpEngine:
-    def __init__(self, model: torch.nn.Module, optimizer, scheduler, accumulation: int, clip: float = 1.0) -> None:
+    def __init__(self, model: torch.nn.Module, optimizer, scheduler, accumulation: int, clip: float) -> None:
         import ray.train.torch
 
         self.module = model

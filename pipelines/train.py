@@ -80,22 +80,25 @@ def _run_stage(cfg: TrainConfig, stage: StageConfig, init_model: Path, parent_ru
     size = cfg.data.image_size or _image_size(init_model)
     exclude = ms_cxr_image_ids(tables) if cfg.data.exclude_ms_cxr else set()
     train_ds, info = build_dataset(tables, "train", size, cfg.data.augment, cfg.data.seed, cfg.data.vindr_factor, exclude,
-                                   reproducible_augment=cfg.data.reproducible, cache_rows=cfg.data.cache_rows)
+                                   reproducible_augment=cfg.data.reproducible, cache_rows=cfg.data.cache_rows,
+                                   sources=tuple(stage.sources))
     if stage.epochs > 0:
         per_epoch = info["counts"]["mimic_cxr"] + info["counts"]["vindr_cxr"] * info["vindr_factor"]
         stage = replace(stage, steps=epoch_steps(round(stage.epochs * per_epoch), cfg.batch_size))
     # small and fixed: computed once here, so the workers only fetch blocks
-    val_ds = build_dataset(tables, "val", size, None, cfg.data.seed, 1, exclude, limit=cfg.data.val_fraction_cap)[0].materialize()
+    val_ds = build_dataset(tables, "val", size, None, cfg.data.seed, 1, exclude, limit=cfg.data.val_fraction_cap,
+                           sources=tuple(stage.sources))[0].materialize()
     workdir = Path(cfg.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     tags = {**code_tags(), "stage": stage.name, "vindr_factor": str(info["vindr_factor"])}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
+    inputs = [f"{source}/{split}" for split in ("train", "val") for source in stage.sources]
     loop_config = {
         "train": asdict(cfg), "stage": asdict(stage), "init_model": str(Path(init_model).resolve()),
         "deepspeed": cfg.deepspeed_config() if cfg.engine == "deepspeed" else {}, "tracking_uri": cfg.tracking_uri(), "experiment": cfg.mlflow.experiment,
-        "tags": tags, "inputs": dataset_inputs(tables, ["mimic_cxr/train", "vindr_cxr/train"], "training")
-        + dataset_inputs(tables, ["mimic_cxr/val", "vindr_cxr/val"], "validation"),
+        "tags": tags, "inputs": dataset_inputs(tables, [n for n in inputs if n.endswith("/train")], "training")
+        + dataset_inputs(tables, [n for n in inputs if n.endswith("/val")], "validation"),
         "run_name": run_name or stage.name, "t0": time.time(), "workdir": str(workdir), "fail_at_step": fail_at_step, "fail_marker": str(workdir / f".{stage.name}.failed-once"),
     }
     trainer = TorchTrainer(
@@ -108,7 +111,8 @@ def _run_stage(cfg: TrainConfig, stage: StageConfig, init_model: Path, parent_ru
         dataset_config=DataConfig(datasets_to_split=["train"],
                                   execution_options=_execution_options(cfg.data.reproducible)),
         run_config=RunConfig(
-            name=stage.name, storage_path=str(workdir / "ray"),
+            # a fresh name per fit: Train V2 would otherwise restore a finished earlier run of the same stage
+            name=f"{stage.name}_{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(workdir / "ray"),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute=stage.select_metric,
                                                checkpoint_score_order=stage.select_mode),
             failure_config=FailureConfig(max_failures=cfg.max_failures), callbacks=list(callbacks),

@@ -41,6 +41,7 @@ class DataConfig:
 class StageConfig:
     name: str = "detection"
     trains: list[str] = field(default_factory=lambda: ["image_encoder_top", "detector"])
+    sources: list[str] = field(default_factory=lambda: ["mimic_cxr", "vindr_cxr"])  # tables this stage reads
     loss_weights: dict[str, float] = field(default_factory=dict)
     steps: int = 100  # optimizer steps (global batches)
     epochs: float = 0.0  # if > 0, steps = ceil(epochs x training samples per epoch / batch_size), samples counted at start
@@ -77,6 +78,7 @@ class TrainConfig:
     cpus_per_worker: float = 1.0  # < 1 on a laptop leaves cores for the Ray Data pipeline that feeds the workers
     use_gpu: bool = False
     engine: str = "deepspeed"  # "deepspeed" (ZeRO per the JSON below) or "ddp" (plain PyTorch DDP, fp32)
+    grad_clip: float = 1.0  # gradient-norm clipping for both engines (written into the DeepSpeed config)
     deepspeed: str = "configs/deepspeed/zero2_cpu.json"
     keep_checkpoints: int = 2
     max_failures: int = 1
@@ -92,6 +94,8 @@ class TrainConfig:
             bad = sorted(set(s.trains) - set(TRAINABLE))
             if bad:
                 raise ConfigError(f"stage {s.name}: unknown trainable part(s) {bad}; choose from {list(TRAINABLE)}")
+            if not s.sources or set(s.sources) - {"mimic_cxr", "vindr_cxr"}:
+                raise ConfigError(f"stage {s.name}: sources must be a non-empty subset of ['mimic_cxr', 'vindr_cxr']")
             if s.region_encoding not in REGION_ENCODINGS:
                 raise ConfigError(f"stage {s.name}: region_encoding must be one of {list(REGION_ENCODINGS)}")
         if len({s.name for s in stages}) != len(stages):
@@ -113,6 +117,7 @@ class TrainConfig:
         ds["train_micro_batch_size_per_gpu"] = self.micro_batch
         ds["gradient_accumulation_steps"] = self.accumulation()
         ds["train_batch_size"] = self.batch_size
+        ds["gradient_clipping"] = self.grad_clip
         return ds
 
     def tracking_uri(self) -> str:

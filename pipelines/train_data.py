@@ -173,9 +173,10 @@ def ms_cxr_image_ids(tables: Path) -> set[str]:
 
 def build_dataset(tables: Path, split: str, size: int, augment: AugmentConfig | None, seed: int, vindr_factor: int = 0,
                   exclude_ids: set[str] | None = None, limit: int = 0, reproducible_augment: bool = True,
-                  cache_rows: bool = False):
+                  cache_rows: bool = False, sources: tuple[str, ...] = TRAIN_SOURCES):
     """A Ray Dataset of encoded samples for ``split`` (MIMIC-CXR + VinDr-CXR; VinDr repeated on the train split),
-    and a summary ``{"counts": rows per source before oversampling, "vindr_factor": k}``.
+    and a summary ``{"counts": rows per source before oversampling, "vindr_factor": k}``. ``sources`` picks the
+    tables (stages after detection use MIMIC-CXR only); ``limit`` caps each source at its share.
 
     The train split's blocks come in a seeded random order; the workers add a local shuffle per epoch (cheaper
     than a global all-to-all shuffle, and different every epoch). ``cache_rows`` keeps the read (still
@@ -183,23 +184,24 @@ def build_dataset(tables: Path, split: str, size: int, augment: AugmentConfig | 
     augmentation still run every epoch."""
     import ray.data
 
-    files, counts = [], {}
+    files, counts = {}, {}
     for source in TRAIN_SOURCES:
-        paths = table_paths(tables, source, split)
+        paths = table_paths(tables, source, split) if source in sources else []
         counts[source] = _count_rows(paths, exclude_ids if source == "mimic_cxr" else None, 0) if paths else 0
-        files += [{"path": p, "source": source} for p in paths]
+        if paths:
+            files[source] = [{"path": p, "source": source} for p in paths]
     if not files:
-        raise FileNotFoundError(f"no MIMIC-CXR or VinDr-CXR tables for split {split!r} under {tables}/tables")
+        raise FileNotFoundError(f"no {' or '.join(sources)} tables for split {split!r} under {tables}/tables")
     factor = oversampling_factor(counts["mimic_cxr"], counts["vindr_cxr"], vindr_factor) if split == "train" else 1
     # file listing on the driver and one read task per file: Ray Data's generic Parquet datasource costs seconds of
     # fixed overhead per execution here, which every epoch would pay again
-    ds = ray.data.from_items(files).map_batches(
-        read_table_file, batch_size=1, batch_format="pyarrow",
-        fn_kwargs={"columns": [c for c in COLUMNS if c != "source"], "exclude_ids": sorted(exclude_ids or ()),
-                   "factors": {"vindr_cxr": factor}},
-    )
-    if limit:
-        ds = ds.limit(limit)
+    kwargs = {"columns": [c for c in COLUMNS if c != "source"], "exclude_ids": sorted(exclude_ids or ()),
+              "factors": {"vindr_cxr": factor}}
+    parts = [ray.data.from_items(items).map_batches(read_table_file, batch_size=1, batch_format="pyarrow", fn_kwargs=kwargs)
+             for items in files.values()]
+    if limit:  # each source its share, so a capped val set still holds every kind of supervision
+        parts = [ds.limit(math.ceil(limit / len(parts))) for ds in parts]
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     if cache_rows:
         ds = ds.materialize()
     if split == "train":

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from chex_model.chex import ChEX
+from chex_model.chex import ANCHOR, ChEX
 from chex_model.image_encoder import normalize
 from chex_model.multitask import Batch
 from infra.config import from_dict
@@ -73,17 +73,23 @@ def region_encoding_for(stage: StageConfig, rng: np.random.Generator) -> str:
     return stage.region_encoding
 
 
-def weighted_loss(losses: dict[str, torch.Tensor], weights: dict[str, float], model: torch.nn.Module) -> torch.Tensor:
-    """The stage's weighted sum. A micro batch with none of the stage's targets still yields a zero loss tied to every
-    trainable parameter, so each rank runs a backward pass and the gradient all-reduce never waits on a rank."""
+def weighted_loss(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """The stage's weighted sum, plus the model's zero anchor term when present (every rank then back-propagates
+    through the same parameters, even for a micro batch without any of the stage's targets)."""
     terms = [weights[k] * v for k, v in losses.items() if weights.get(k, 0.0) != 0.0]
-    if terms:
-        return torch.stack(terms).sum()
-    return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+    if ANCHOR in losses:
+        terms.append(losses[ANCHOR])
+    return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
 def _batch_to(batch: Batch, device: torch.device, dtype: torch.dtype) -> Batch:
+    """Images in the engine's dtype; every target tensor on the device (strings and nested lists stay)."""
     batch.images = batch.images.to(device, dtype)
+    for targets in (batch.pathology, batch.anatomy):
+        if targets is not None:
+            for name, value in vars(targets).items():
+                if isinstance(value, torch.Tensor):
+                    setattr(targets, name, value.to(device))
     return batch
 
 
@@ -95,15 +101,17 @@ def validate(model: ChEX, val_iter, cfg: TrainConfig, stage: StageConfig, device
     was = model.training
     model.eval()
     sums: dict[str, float] = {}
-    n_batches, iou_sum, iou_n, seen = 0, 0.0, 0, 0
+    counts: dict[str, int] = {}
+    iou_sum, iou_n, seen = 0.0, 0, 0
     rng = np.random.default_rng(0)
     for nb in val_iter:
         batch = _batch_to(collate(nb, rng, 10**6, 10**6, cfg.data.max_sentences), device, dtype)
         losses = model(batch, region_encoding="text" if stage.region_encoding == "text" else "prompts",
                        generate=stage.generate)
-        losses["loss"] = weighted_loss(losses, stage.loss_weights, model)
+        losses["loss"] = weighted_loss(losses, stage.loss_weights)
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + float(v)
+            counts[k] = counts.get(k, 0) + 1
         if batch.anatomy is not None and stage.region_encoding != "text":
             feats = model.encode_image(normalize(batch.images, model.cfg.image))
             det = model.detect(feats, model.encode_prompts(batch.anatomy.prompts), post_decoder=False)
@@ -112,12 +120,11 @@ def validate(model: ChEX, val_iter, cfg: TrainConfig, stage: StageConfig, device
             if len(pred):
                 iou_sum += float(torch.diag(box_ops.box_iou(pred, tgt)).sum())
                 iou_n += len(pred)
-        n_batches += 1
         seen += batch.images.shape[0]
         if seen >= cfg.data.val_fraction_cap:
             break
     model.train(was)
-    out = {f"val/{k}": v / max(1, n_batches) for k, v in sums.items()}
+    out = {f"val/{k}": v / counts[k] for k, v in sums.items()}  # each term over the batches that had it
     if iou_n:
         out["val/anat_miou"] = iou_sum / iou_n
     return out
@@ -161,7 +168,7 @@ def train_loop(config: dict[str, Any]) -> None:
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(stage))
     if cfg.engine == "ddp":
-        engine = DdpEngine(model, optimizer, scheduler, cfg.accumulation())
+        engine = DdpEngine(model, optimizer, scheduler, cfg.accumulation(), cfg.grad_clip)
     else:
         engine = DeepSpeedEngine(model, optimizer, scheduler, config["deepspeed"], use_gpu)
     dtype = engine.dtype
@@ -189,25 +196,30 @@ def train_loop(config: dict[str, Any]) -> None:
     fail_at = config.get("fail_at_step")
     train_mode(engine, model, stage)
     sums: dict[str, float] = {}
-    n_micro = 0
+    counts: dict[str, int] = {}
     while state["step"] < stage.steps:
         skip = state["batch_in_epoch"]
-        batches = shard.iter_batches(batch_size=cfg.micro_batch, batch_format="numpy", drop_last=True,
+        # no drop_last: the split gives every rank the same number of rows, hence of batches, and a small table
+        # must still train; an epoch without a single batch is an error, not an endless loop
+        batches = shard.iter_batches(batch_size=cfg.micro_batch, batch_format="numpy",
                                      local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
                                      local_shuffle_seed=(cfg.data.seed * 1_000_003 + state["epoch"] * 1009 + rank) % 2**31)
+        i = -1
         for i, nb in enumerate(batches):
             if i < skip:
                 continue
             step = state["step"]
             rng = np.random.default_rng([cfg.data.seed, step, rank, i])
-            torch.manual_seed(cfg.data.seed * 1_000_003 + step * 101 + rank)
+            torch.manual_seed(cfg.data.seed * 1_000_003 + step * 101 + rank * 7 + i)
             batch = _batch_to(collate(nb, rng, cfg.data.pathology_classes, cfg.data.anatomy_regions, cfg.data.max_sentences),
                               device, dtype)
-            losses = engine(batch, region_encoding=region_encoding_for(stage, rng), generate=stage.generate)
-            loss = weighted_loss(losses, stage.loss_weights, model)
-            for k, v in (("loss", loss), *((f"train/{k}", v) for k, v in losses.items())):
+            # one coin per step, the same on every rank and micro batch (the reference flips it per step)
+            encoding = region_encoding_for(stage, np.random.default_rng([cfg.data.seed, step]))
+            losses = engine(batch, region_encoding=encoding, generate=stage.generate)
+            loss = weighted_loss(losses, stage.loss_weights)
+            for k, v in (("loss", loss), *((f"train/{k}", v) for k, v in losses.items() if k != ANCHOR)):
                 sums[k] = sums.get(k, 0.0) + v.item()
-            n_micro += 1
+                counts[k] = counts.get(k, 0) + 1  # a term is averaged over the micro batches that had it
             boundary = engine.backward_and_step(loss)
             state["batch_in_epoch"] = i + 1
             if not boundary:
@@ -219,9 +231,9 @@ def train_loop(config: dict[str, Any]) -> None:
                 time.sleep(5)  # past the controller's 2 s poll, so the last reported checkpoint is registered
                 os._exit(1)  # a killed worker: Ray restarts the group from the latest checkpoint
             # loss: this step's mean over micro batches and ranks; loss terms: rank 0's micro batches
-            metrics = {**{k: v / n_micro for k, v in sums.items()}, "lr": scheduler.get_last_lr()[0], "step": step}
+            metrics = {**{k: v / counts[k] for k, v in sums.items()}, "lr": scheduler.get_last_lr()[0], "step": step}
             metrics["loss"] = _mean_over_ranks(metrics["loss"], device)
-            sums, n_micro = {}, 0
+            sums, counts = {}, {}
             if rank == 0:
                 mlflow.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=step)
             if step % stage.val_every == 0 or step >= stage.steps:
@@ -232,6 +244,9 @@ def train_loop(config: dict[str, Any]) -> None:
             if step >= stage.steps:
                 break
         else:
+            if i < 0:
+                raise RuntimeError(f"stage {stage.name}: the training split gave rank {rank} no rows "
+                                   f"(sources {stage.sources}, {world} workers)")
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
     if rank == 0:

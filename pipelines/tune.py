@@ -112,7 +112,8 @@ def _trial(config: dict[str, Any]) -> None:
     cfg = from_dict(TrainConfig, config["train"])
     cfg.workdir = str(Path(config["workdir"]) / "trials" / name)
     stage = from_dict(StageConfig, apply_params(config["stage"], config["params"]))
-    release_leftover_groups(Path(config["workdir"]))
+    if config["sole_trial"]:  # with trials in parallel, another trial's live group must not be touched
+        release_leftover_groups(Path(config["workdir"]))
     run_stage(cfg, stage, Path(config["init_model"]), config["parent_run_id"], callbacks=(TuneReportCallback(),),
               run_name=name)
 
@@ -159,12 +160,18 @@ def run_sweep(sweep: SweepConfig, address: str | None = None) -> SweepResult:
         raise ConfigError(f"stage {sweep.stage!r} is not in {sweep.train} (has {list(stages)})")
     stage = stages[sweep.stage]
     if sweep.steps:
-        stage.steps = sweep.steps
+        stage.steps, stage.epochs = sweep.steps, 0.0
     if sweep.val_every:
         stage.val_every = sweep.val_every
     if sweep.workers:
         train_cfg.workers = sweep.workers
     train_cfg.accumulation()
+    # trials run in their own folders: every path they read must be absolute
+    train_cfg.data.tables = str(Path(train_cfg.data.tables).resolve())
+    train_cfg.deepspeed = str(Path(train_cfg.deepspeed).resolve())
+    for attr in ("clip_dir", "lm_dir", "init_model"):
+        if getattr(train_cfg, attr):
+            setattr(train_cfg, attr, str(Path(getattr(train_cfg, attr)).resolve()))
     workdir = Path(sweep.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     train_cfg.mlflow.tracking_uri = train_cfg.mlflow.tracking_uri or f"sqlite:///{workdir / 'mlflow.db'}"
@@ -179,20 +186,22 @@ def run_sweep(sweep: SweepConfig, address: str | None = None) -> SweepResult:
             tune.with_resources(_trial, {"CPU": 0.01}),  # the trial driver only waits on its trainer's workers
             param_space={
                 "train": asdict(train_cfg), "stage": asdict(stage), "workdir": str(workdir), "init_model": str(init_model),
-                "parent_run_id": parent.info.run_id, "params": {k: _domain(v) for k, v in sweep.space.items()},
+                "parent_run_id": parent.info.run_id, "sole_trial": sweep.max_concurrent == 1, "params": {k: _domain(v) for k, v in sweep.space.items()},
             },
             tune_config=tune.TuneConfig(
                 metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
                 max_concurrent_trials=sweep.max_concurrent,
                 # the generator itself must hold trials back: Tune's own limit alone let both start here
                 search_alg=BasicVariantGenerator(random_state=sweep.seed, max_concurrent=sweep.max_concurrent),
-                scheduler=ASHAScheduler(time_attr="step", max_t=stage.steps, grace_period=sweep.asha.grace_period,
+                # time = validation reports; without a fixed step count (epochs) the bound is only a ceiling
+                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=_reports(stage),
+                                        grace_period=sweep.asha.grace_period,
                                         reduction_factor=sweep.asha.reduction_factor),
             ),
             run_config=tune.RunConfig(name=f"sweep-{sweep.stage}", storage_path=str(workdir / "ray")),
         )
         grid = tuner.fit()
-        release_leftover_groups(workdir)
+        release_leftover_groups(workdir)  # every trial has ended now
         best = grid.get_best_result(metric=sweep.metric, mode=sweep.mode, scope="all")
         if best.metrics is None or sweep.metric not in best.metrics:
             raise RuntimeError(f"no trial reported {sweep.metric!r}: {[r.error for r in grid if r.error]}")
@@ -203,6 +212,13 @@ def run_sweep(sweep: SweepConfig, address: str | None = None) -> SweepResult:
         mlflow.log_metric(f"best_{sweep.metric.replace('/', '_')}", float(best.metrics[sweep.metric]))
         mlflow.log_artifact(str(out))
         return SweepResult(params, dict(best.metrics), out, len(grid), parent.info.run_id)
+
+
+def _reports(stage: StageConfig) -> int:
+    """Validation reports a full trial makes (ASHA's time budget)."""
+    if stage.epochs > 0:
+        return 10**6
+    return -(-stage.steps // stage.val_every)
 
 
 def best_config_yaml(train_yaml: Path, stage_name: str, params: dict[str, Any]) -> str:
