@@ -70,6 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--address", default=None, help="Ray cluster address ('auto' or host:port); default local")
     tune.add_argument("--samples", type=_positive, default=None, help="override the number of trials")
 
+    ev = sub.add_parser("evaluate", help="score a model on the paper's nine tasks (results JSON, table, figures, MLflow)")
+    ev.add_argument("--model", type=Path, default=None, help="model folder (save_pretrained); not needed for --predictor oracle/random")
+    ev.add_argument("--data", type=Path, required=True, help="ingest output folder (holds manifest.json and tables/)")
+    ev.add_argument("--config", type=Path, default=None, help="evaluation YAML (default: configs/evaluate/default.yaml settings)")
+    ev.add_argument("--tasks", default=None, help="comma-separated tasks or groups: all, od, sg, rc, re, rg, od_vindr, ...")
+    ev.add_argument("--split", default=None, help="split to score (default test); the search uses val")
+    ev.add_argument("--predictor", choices=("model", "oracle", "random"), default=None,
+                    help="oracle = ground truth (the metrics' ceiling), random = chance level")
+    ev.add_argument("--max-images", type=_positive, default=None, help="at most this many images per task and split")
+    ev.add_argument("--no-search", action="store_true", help="keep the configured post-processing (no validation search)")
+    ev.add_argument("--out", type=Path, default=None, help="output folder (default: <model>/../evaluation or runs/evaluate)")
+    ev.add_argument("--tracking-uri", default=None, help="MLflow store (default: the training workdir's, else <out>/mlflow.db)")
+
     q = sub.add_parser("query", help="ask a trained model about one X-ray: text prompts, boxes, or a full report")
     q.add_argument("image", type=Path, help="JPEG, PNG or DICOM file")
     q.add_argument("--prompt", action="append", default=[], help="text query (repeatable), e.g. 'Pleural effusion'")
@@ -166,6 +179,36 @@ def _train(args: argparse.Namespace) -> None:
     print(f"MLflow: {cfg.tracking_uri()} (experiment {cfg.mlflow.experiment})")
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from evaluation.config import EvalConfig
+    from infra.config import load_config
+    from pipelines.evaluate import RESULTS, TABLE, run_evaluation
+
+    cfg = load_config(EvalConfig, _existing(args.config, "--config") if args.config else None)
+    overrides = {"tasks": args.tasks.split(",") if args.tasks else None, "split": args.split, "predictor": args.predictor,
+                 "max_images": args.max_images}
+    cfg = EvalConfig(**{**cfg.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+    if args.no_search:
+        cfg.search = False
+    if cfg.predictor == "model" and args.model is None:
+        raise UsageError("--model is required (or --predictor oracle / random)")
+    if args.model is not None and not (args.model / "config.json").is_file():
+        raise UsageError(f"--model {args.model} is not a ChEX model folder (no config.json)")
+    if not (args.data / "tables").is_dir():
+        raise UsageError(f"--data {args.data} has no tables/ folder: give the ingest output folder")
+    if any(t.startswith(("re_", "rg_")) for t in cfg.tasks):
+        from evaluation.meteor import require_java
+
+        require_java()
+        checkpoint = Path(cfg.labeler.removeprefix("chexbert:").split(",")[0])
+        if cfg.labeler.startswith("chexbert:") and not checkpoint.is_file():
+            raise UsageError(f"labeler checkpoint {checkpoint} does not exist")
+    out = args.out or (args.model.resolve().parent / "evaluation" if args.model else Path("runs/evaluate") / cfg.predictor)
+    payload = run_evaluation(args.data, cfg, out, args.model, args.tracking_uri)
+    print((Path(out) / TABLE).read_text())
+    print(f"results: {Path(out) / RESULTS}; MLflow run {payload['mlflow_run_id']} in {payload['tracking_uri']}")
+
+
 def _tune(args: argparse.Namespace) -> None:
     from pipelines.tune import load_sweep_config, run_sweep
 
@@ -229,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("openjpeg").setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from evaluation.meteor import MissingJavaError
     from infra.config import ConfigError
 
     try:
@@ -248,10 +292,12 @@ def main(argv: list[str] | None = None) -> int:
             _train(args)
         elif args.command == "tune":
             _tune(args)
+        elif args.command == "evaluate":
+            _evaluate(args)
     except UsageError as exc:
         print(f"chex {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, MissingJavaError) as exc:
         print(f"chex {args.command}: error: {exc}", file=sys.stderr)
         return 1
     return 0

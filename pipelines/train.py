@@ -141,6 +141,9 @@ def _execution_options(ordered: bool):
     return options
 
 
+EXPORT_TAG = "exported_model"  # absolute path of the exported model: how evaluation finds the run that made it
+
+
 def _log_export(cfg: TrainConfig, run_id: str | None, model_dir: Path, checkpoint: str, step: int) -> None:
     """The stage's MLflow run gets the exported model and which checkpoint it came from."""
     if not run_id:
@@ -151,6 +154,7 @@ def _log_export(cfg: TrainConfig, run_id: str | None, model_dir: Path, checkpoin
     client.log_artifacts(run_id, str(model_dir), artifact_path="model")
     client.set_tag(run_id, "selected_checkpoint", checkpoint)
     client.set_tag(run_id, "selected_step", str(step))
+    client.set_tag(run_id, EXPORT_TAG, str(Path(model_dir).resolve()))
 
 
 def stage_input(cfg: TrainConfig, name: str) -> Path:

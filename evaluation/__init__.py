@@ -1,0 +1,1 @@
+"""Scoring a trained ChEX on the paper's nine benchmark tasks (chex-reference.md §5)."""

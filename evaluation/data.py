@@ -1,0 +1,69 @@
+"""Evaluation samples from the ingest output: rows of one source and split, and their ground truth in array form."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from preprocessing.classes import FRONTAL_VIEWS
+
+Row = dict[str, Any]
+
+
+def split_dir(tables: Path, source: str, split: str) -> Path:
+    return Path(tables) / "tables" / f"source={source}" / f"split={split}"
+
+
+def load_rows(tables: Path, source: str, split: str, limit: int = 0, frontal_only: bool = False) -> list[Row]:
+    """Rows of one ingested table, ordered by sample id (so a limit and every run take the same samples)."""
+    files = sorted(split_dir(tables, source, split).glob("*.parquet"))
+    if not files:
+        return []
+    frame = pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed").sort("sample_id")
+    if frontal_only:
+        frame = frame.filter(pl.col("view_position").is_in(list(FRONTAL_VIEWS)))
+    if limit:
+        frame = frame.head(limit)
+    return frame.to_dicts()
+
+
+def xyxy(box: dict[str, float]) -> list[float]:
+    """A stored (cx, cy, w, h) box struct -> normalized xyxy."""
+    return [box["cx"] - box["w"] / 2, box["cy"] - box["h"] / 2, box["cx"] + box["w"] / 2, box["cy"] + box["h"] / 2]
+
+
+def to_cxcywh(b: np.ndarray) -> np.ndarray:
+    b = np.asarray(b, dtype=np.float64)
+    return np.stack(((b[..., 0] + b[..., 2]) / 2, (b[..., 1] + b[..., 3]) / 2, b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]), -1)
+
+
+def to_xyxy(b: np.ndarray) -> np.ndarray:
+    b = np.asarray(b, dtype=np.float64)
+    return np.stack((b[..., 0] - b[..., 2] / 2, b[..., 1] - b[..., 3] / 2, b[..., 0] + b[..., 2] / 2, b[..., 1] + b[..., 3] / 2), -1)
+
+
+def unique_boxes(boxes) -> np.ndarray:
+    """Identical boxes once, first-seen order: MS-CXR lists a box again for every phrase that names it, and one
+    finding must not count as two objects to detect."""
+    out: list[list[float]] = []
+    for b in np.asarray(boxes, dtype=np.float64).reshape(-1, 4).tolist():
+        if not any(np.allclose(b, o, atol=1e-6) for o in out):
+            out.append(b)
+    return np.asarray(out, dtype=np.float64).reshape(-1, 4)
+
+
+def class_boxes(row: Row, classes: tuple[str, ...], aliases: dict[str, str] | None = None) -> dict[int, np.ndarray]:
+    """Ground-truth boxes of ``row["boxes"]`` per class index (classes outside the list are not evaluated)."""
+    index = {c: i for i, c in enumerate(classes)}
+    out: dict[int, list[list[float]]] = {}
+    for b in row.get("boxes") or []:
+        name = (aliases or {}).get(b["name"], b["name"])
+        if name in index:
+            out.setdefault(index[name], []).append(xyxy(b))
+    return {k: unique_boxes(v) for k, v in out.items()}
+
+
+def report_text(row: Row) -> str:
+    return " ".join(row.get("report_sentences") or [])

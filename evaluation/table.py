@@ -1,0 +1,39 @@
+"""The results as a markdown table laid out like the paper's Table 2 (one column: this model), in %."""
+from __future__ import annotations
+
+from typing import Any
+
+HEADLINE: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "sg_mscxr": ("Sentence grounding", "MS-CXR", ("mIoU", "mAP")),
+    "od_vindr": ("Pathology detection", "VinDr-CXR", ("mAP", "AP@0.1", "AP@0.3", "AP@0.5")),
+    "od_nih": ("Pathology detection", "NIH ChestX-ray8", ("mAP", "AP@0.1", "AP@0.3", "AP@0.5")),
+    "od_mscxr": ("Pathology detection", "MS-CXR", ("mAP", "AP@0.1", "AP@0.3", "AP@0.5")),
+    "rc_mscxr": ("Region classification", "MS-CXR", ("auroc", "accuracy")),
+    "rc_cig": ("Region classification", "Chest ImaGenome", ("auroc_weighted", "auroc_macro")),
+    "re_mscxr": ("Region explanation", "MS-CXR", ("METEOR", "mic_f1_14", "mac_f1_14")),
+    "re_cig": ("Region explanation", "Chest ImaGenome", ("METEOR", "mic_f1_14", "mac_f1_14")),
+    "rg_mimic": ("Full report generation", "MIMIC-CXR", ("METEOR", "mic_f1_14", "mac_f1_14", "ex_f1_14", "mic_f1_5plus", "mac_f1_5plus")),
+}
+NAMES = {"mic_f1_14": "Mic-F1-14", "mac_f1_14": "Mac-F1-14", "ex_f1_14": "Ex-F1-14", "mic_f1_5plus": "Mic-F1-5+",
+         "mac_f1_5plus": "Mac-F1-5+", "auroc": "AUROC", "auroc_weighted": "AUROC (weighted)", "auroc_macro": "AUROC (macro)",
+         "accuracy": "accuracy"}
+
+
+def cell(stat: dict[str, float] | None) -> str:
+    if not stat or stat.get("value") != stat.get("value"):
+        return "n/a"
+    mean = stat["mean"] if stat["mean"] == stat["mean"] else stat["value"]
+    std = stat["std"]
+    return f"{100 * mean:.1f} ± {100 * std:.1f}" if std == std else f"{100 * mean:.1f}"
+
+
+def markdown(results: dict[str, Any], column: str = "ChEX (ours)") -> str:
+    """Rows in the paper's task order; ``n`` = evaluated samples (images, phrases, boxes or regions)."""
+    lines = [f"| Task | Dataset | Metric | n | {column} |", "| --- | --- | --- | --- | --- |"]
+    for task, (title, dataset, keys) in HEADLINE.items():
+        if task not in results:
+            continue
+        r = results[task]
+        for key in keys:
+            lines.append(f"| {title} | {dataset} | {NAMES.get(key, key)} | {r['n']} | {cell(r['metrics'].get(key))} |")
+    return "\n".join(lines) + "\n\nValues in %, bootstrap mean ± std over resamples (250 for boxes and classes, 10 for text).\n"

@@ -1,0 +1,111 @@
+"""The evaluation stage: score a model on the nine tasks, write results JSON + a Table-2 markdown table + figures,
+and record it all in an MLflow run that names the evaluated model and the dataset digests."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from evaluation.config import EvalConfig
+from evaluation.evaluate import SOURCES, Evaluation, TaskResult
+from evaluation.table import markdown
+from pipelines.lineage import code_tags, dataset_inputs, ensure_experiment, flatten, log_dataset
+from pipelines.train import EXPORT_TAG
+
+log = logging.getLogger(__name__)
+RESULTS, TABLE = "results.json", "table.md"
+EXPERIMENT = "chex-evaluate"
+
+
+def default_tracking_uri(model_dir: Path | None, out: Path) -> str:
+    """The training workdir's store when the model is a training export (``<workdir>/<stage>/model``), so the
+    evaluation run sits beside the runs that made the model; else a store in the output folder."""
+    if model_dir is not None:
+        store = Path(model_dir).resolve().parent.parent / "mlflow.db"
+        if store.is_file():
+            return f"sqlite:///{store}"
+    return f"sqlite:///{Path(out).resolve() / 'mlflow.db'}"
+
+
+def weights_digest(model_dir: Path) -> str:
+    h = hashlib.sha256()
+    with open(Path(model_dir) / "model.safetensors", "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def metric_key(task: str, name: str) -> str:
+    """MLflow metric names allow letters, digits, ``_-./ :`` only (``AP@0.5`` -> ``AP_at_0.5``)."""
+    return re.sub(r"[^\w\-./ :]", "_", f"{task}/{name.replace('@', '_at_')}")
+
+
+def _training_run(client, model_dir: Path) -> str | None:
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.{EXPORT_TAG} = '{Path(model_dir).resolve()}'", max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def run_evaluation(tables: Path, cfg: EvalConfig, out: Path, model_dir: Path | None = None, tracking_uri: str | None = None,
+                   experiment: str = EXPERIMENT, parent_run_id: str | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Evaluate and log; returns the results dict that is also written to ``out/results.json``."""
+    import mlflow
+
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    runner = None
+    if cfg.predictor == "model":
+        if model_dir is None:
+            raise ValueError("the model predictor needs --model")
+        from chex_model.chex import ChEX
+        from evaluation.runner import ModelRunner
+
+        runner = ModelRunner(ChEX.from_pretrained(model_dir), cfg.batch_size, cfg.max_new_tokens, show_progress)
+    uri = tracking_uri or default_tracking_uri(model_dir, out)
+    client = mlflow.MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=ensure_experiment(uri, experiment))
+    tags = {**code_tags(), "predictor": cfg.predictor, "split": cfg.split}
+    if model_dir is not None:
+        tags.update({"model_dir": str(Path(model_dir).resolve()), "model_sha256": weights_digest(model_dir)})
+        train_run = _training_run(client, model_dir)
+        if train_run:
+            tags["training_run_id"] = train_run
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    name = f"evaluate-{cfg.predictor}" + (f"-{Path(model_dir).resolve().parent.name}" if model_dir is not None else "")
+    with mlflow.start_run(run_name=name, tags=tags) as run:
+        mlflow.log_params(flatten({"eval": asdict(cfg)}))
+        used = sorted({f"{SOURCES[t]}/{s}" for t in cfg.tasks for s in (cfg.split, cfg.val_split)})
+        for spec in dataset_inputs(Path(tables), used, "evaluation"):
+            log_dataset(spec)
+
+        def on_result(res: TaskResult) -> None:
+            metrics = {}
+            for key, stat in res.metrics.items():
+                if stat["value"] == stat["value"]:
+                    metrics[metric_key(res.task, key)] = stat["value"]
+                if stat["std"] == stat["std"]:
+                    metrics[metric_key(res.task, key) + "/std"] = stat["std"]
+            mlflow.log_metrics(metrics)
+            mlflow.log_metric(metric_key(res.task, "seconds"), res.seconds)
+
+        evaluation = Evaluation(Path(tables), cfg, runner, out)
+        log.info("evaluating %s on %s", model_dir or cfg.predictor, ", ".join(cfg.tasks))
+        results = evaluation.run(on_result=on_result)
+        payload = {"model": str(Path(model_dir).resolve()) if model_dir else None, "predictor": cfg.predictor,
+                   "split": cfg.split, "mlflow_run_id": run.info.run_id, "tracking_uri": uri,
+                   "tasks": {k: r.to_dict() for k, r in results.items()}}
+        (out / RESULTS).write_text(json.dumps(payload, indent=2, default=float) + "\n")
+        (out / TABLE).write_text(markdown(payload["tasks"], column=f"ChEX ({cfg.predictor})" if cfg.predictor != "model" else "ChEX (ours)"))
+        mlflow.log_artifact(str(out / RESULTS), artifact_path="evaluation")
+        mlflow.log_artifact(str(out / TABLE), artifact_path="evaluation")
+        if (out / "figures").is_dir():
+            mlflow.log_artifacts(str(out / "figures"), artifact_path="evaluation/figures")
+    return payload
