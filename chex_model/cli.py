@@ -200,9 +200,12 @@ def _evaluate(args: argparse.Namespace) -> None:
         from evaluation.meteor import require_java
 
         require_java()
-        checkpoint = Path(cfg.labeler.removeprefix("chexbert:").split(",")[0])
-        if cfg.labeler.startswith("chexbert:") and not checkpoint.is_file():
-            raise UsageError(f"labeler checkpoint {checkpoint} does not exist")
+        if cfg.labeler.startswith("chexbert:"):
+            parts = cfg.labeler.removeprefix("chexbert:").split(",")
+            checkpoint = Path(parts[0])
+            bert = Path(parts[1]) if len(parts) > 1 and parts[1] else checkpoint.parent / "bert"
+            if not checkpoint.is_file() or not bert.is_dir():
+                raise UsageError(f"labeler {cfg.labeler}: needs the checkpoint file {checkpoint} and the BERT folder {bert}")
     out = args.out or (args.model.resolve().parent / "evaluation" if args.model else Path("runs/evaluate") / cfg.predictor)
     payload = run_evaluation(args.data, cfg, out, args.model, args.tracking_uri)
     print((Path(out) / TABLE).read_text())

@@ -25,8 +25,9 @@ def auroc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = N
 
 
 def macro_auroc(probs: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """Multiclass one-vs-rest AUROC per class on ``probs`` (n, C) with integer ``labels``, averaged over the
-    classes that occur (torchmetrics ``MulticlassAUROC(average="macro")`` semantics)."""
+    """Multiclass one-vs-rest AUROC per class on ``probs`` (n, C) with integer ``labels``, averaged over the classes
+    that occur. Deliberately unlike torchmetrics' ``MulticlassAUROC``, which counts a class without positives as 0:
+    on the full MS-CXR test set every class occurs, so only bootstrap resamples that miss a rare class differ."""
     values = [auroc(probs[:, c], labels == c, weights) for c in range(probs.shape[1])]
     values = [v for v in values if v == v]
     return float(np.mean(values)) if values else float("nan")

@@ -69,7 +69,7 @@ class EvalConfig:
         self.tasks = tasks
         if self.predictor not in PREDICTORS:
             raise ConfigError(f"predictor {self.predictor!r} is not one of {', '.join(PREDICTORS)}")
-        if self.labeler not in ("", "rules") and not self.labeler.startswith("chexbert:"):
+        if self.labeler != "rules" and not self.labeler.startswith("chexbert:"):
             raise ConfigError(f"labeler {self.labeler!r} is not 'rules' or 'chexbert:<checkpoint>[,<bert dir>]'")
         defaults = _default_postprocess()
         self.postprocess = {**defaults, **self.postprocess}

@@ -145,7 +145,9 @@ def average_precision(matches: Matches, weights: np.ndarray | None = None) -> np
 
 def map_metrics(matches: Matches, class_names: Sequence[str], weights: np.ndarray | None = None,
                 report_at: Sequence[float] = (0.1, 0.3, 0.5)) -> dict[str, float]:
-    """``mAP`` (classes then IoU thresholds averaged), ``AP@t`` and ``AP/<class>`` (averaged over thresholds)."""
+    """``mAP`` (classes then IoU thresholds averaged), ``AP@t`` and ``AP/<class>`` (averaged over thresholds).
+    A class without ground truth in the (resampled) set is left out of the mean, where the reference's library
+    counts it as 0: the real test sets have boxes of every class, so only resamples that miss a rare class differ."""
     ap = average_precision(matches, weights)
     with np.errstate(all="ignore"), _quiet_nan():
         per_threshold = np.nanmean(ap, axis=1)

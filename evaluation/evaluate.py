@@ -106,6 +106,7 @@ class Evaluation:
             from evaluation.meteor import require_java
 
             require_java()  # fail before any generation, not after it
+            _ = self.labeler, self.meteor
         results = {}
         for task in tasks:
             start = time.perf_counter()
@@ -129,12 +130,12 @@ class Evaluation:
 
     def _od(self, name: str) -> TaskResult:
         task, cfg = od.TASKS[name], self.cfg
-        rows = self.rows(task.source, cfg.split)
+        rows = od.scored_rows(self.rows(task.source, cfg.split), task)
         if not rows:
             return self._empty(name, cfg.split)
         pp, settings = cfg.postprocess[name], {}
         if cfg.search and cfg.predictor == "model":
-            val = self.rows(task.source, cfg.val_split)
+            val = od.scored_rows(self.rows(task.source, cfg.val_split), task)
             vtrue = od.truth(val, task)
             if any(vtrue):
                 with self.phase("search"):
@@ -194,12 +195,12 @@ class Evaluation:
         res = TaskResult(name, "ms_cxr", cfg.split, len(phrases), metrics, {**settings, "postprocess": asdict(pp)}, images=len(rows))
         if self.out is not None:
             with self.phase("figures"):
-                self._sg_figures(res, name, rows, phrases, raw)
+                self._sg_figures(res, name, rows, phrases, raw, pp)
         return res
 
-    def _sg_figures(self, res: TaskResult, name: str, rows: list[Row], phrases, raw) -> None:
-        for i, p in enumerate(phrases[: self.cfg.examples]):
-            b, s = raw.boxes[i, 0], raw.weights[i, 0]
+    def _sg_figures(self, res: TaskResult, name: str, rows: list[Row], phrases, raw, pp) -> None:
+        shown = phrases[: self.cfg.examples]
+        for i, (p, b, s) in enumerate(sg.finalized(raw.subset(range(len(shown))), shown, pp)):
             pred = [(f"{s[j]:.2f}", b[j], "") for j in np.argsort(-s)[:2]]
             gt = [("phrase", t, p.text) for t in p.boxes]
             res.figures.append(str(example_picture(decode_png(rows[p.row]["image_png"]), pred, gt, self._figure_path(name, f"example{i}"))))
@@ -243,7 +244,7 @@ class Evaluation:
             texts = self._pick(generate, lambda: list(samples.targets), lambda: tx.shuffled(samples.targets))
         with self.phase("score"):
             scorer = tx.TextScorer(texts, samples, self.labeler, self.meteor, split_abnormal)
-            metrics = self._boot(scorer, len(samples.targets), text=True)
+            metrics = self._boot(scorer, scorer.n_groups, text=True)
         res = TaskResult(name, source, self.cfg.split, len(samples.targets), metrics, {"labeler": self.labeler.name},
                          images=len(set(samples.row.tolist())))
         if self.out is not None:

@@ -25,17 +25,19 @@ class DetectionTask:
     positives: tuple[str, ...]
     negatives: tuple[str, ...]
     aliases: tuple[tuple[str, str], ...] = ()
+    box_images_only: bool = False  # NIH: only the images of the box list are scored, not their patients' other images
 
 
-def _task(source: str, classes: tuple[str, ...], table: dict[str, tuple[str, str]], box_prompt=lambda c: c, aliases=()) -> DetectionTask:
+def _task(source: str, classes: tuple[str, ...], table: dict[str, tuple[str, str]], box_prompt=lambda c: c, aliases=(),
+          box_images_only: bool = False) -> DetectionTask:
     return DetectionTask(source, classes, tuple(box_prompt(c) for c in classes), tuple(table[c][0] for c in classes),
-                         tuple(table[c][1] for c in classes), tuple(aliases))
+                         tuple(table[c][1] for c in classes), tuple(aliases), box_images_only)
 
 
 TASKS: dict[str, DetectionTask] = {
     # VinDr box prompts are the positive prompts; MS-CXR and NIH prompt anatomy for a few classes
     "od_vindr": _task("vindr_cxr", VINDR_TOP15, prompts.vindr_prompts(), lambda c: prompts.vindr_prompts()[c][0]),
-    "od_nih": _task("nih_cxr", NIH_BOX_8, prompts.nih_prompts(), prompts.box_prompt, NIH_LABEL_ALIASES.items()),
+    "od_nih": _task("nih_cxr", NIH_BOX_8, prompts.nih_prompts(), prompts.box_prompt, NIH_LABEL_ALIASES.items(), box_images_only=True),
     "od_mscxr": _task("ms_cxr", MS_CXR_8, prompts.ms_cxr_prompts(), prompts.box_prompt),
 }
 
@@ -50,6 +52,14 @@ class RawDetections:
 
     def subset(self, idx: Sequence[int]) -> "RawDetections":
         return RawDetections(self.boxes[idx], self.weights[idx], self.margin[idx])
+
+
+def scored_rows(rows: Sequence[Row], task: DetectionTask) -> list[Row]:
+    """The rows a task scores: every image, or (NIH) only the images with a box of the task's classes, as the
+    reference's detection lists do; the other images of those patients carry no box annotation at all."""
+    if not task.box_images_only:
+        return list(rows)
+    return [r for r, t in zip(rows, truth(rows, task)) if t]
 
 
 def truth(rows: Sequence[Row], task: DetectionTask) -> list[dict[int, np.ndarray]]:

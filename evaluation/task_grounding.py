@@ -56,7 +56,7 @@ def chance(phrases: Sequence[Phrase], m: int = 3, seed: int = 0) -> RawDetection
     return _chance(len(phrases), 1, m, seed)
 
 
-def _finalized(raw: RawDetections, phrases: Sequence[Phrase], pp: BoxPostprocess):
+def finalized(raw: RawDetections, phrases: Sequence[Phrase], pp: BoxPostprocess):
     for i, p in enumerate(phrases):
         boxes, scores = finalize(scale_boxes(raw.boxes[i, 0], pp.class_scale(0)), raw.weights[i, 0], pp)
         yield p, boxes, scores
@@ -65,7 +65,7 @@ def _finalized(raw: RawDetections, phrases: Sequence[Phrase], pp: BoxPostprocess
 def metric_inputs(raw: RawDetections, phrases: Sequence[Phrase], pp: BoxPostprocess):
     """(overlap counts (P, T, 2), COCO matches) for scoring and bootstrapping."""
     counts, boxes = [], []
-    for p, b, s in _finalized(raw, phrases, pp):
+    for p, b, s in finalized(raw, phrases, pp):
         counts.append(overlaps(b, s, p.boxes))
         boxes.append(ImageBoxes({0: b}, {0: s}, {0: p.boxes}))
     return np.stack(counts) if counts else np.zeros((0, 5, 2), int), match(boxes, 1)

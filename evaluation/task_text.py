@@ -73,7 +73,8 @@ def shuffled(targets: Sequence[str], seed: int = 0) -> list[str]:
 
 
 class TextScorer:
-    """Corpus METEOR and CE F1 of generated texts, as a function of per-sample weights (for the bootstrap)."""
+    """Corpus METEOR and CE F1 of generated texts as a function of per-*example* weights: the bootstrap resamples
+    images (a report, or all the boxes / regions of one image), and a drawn copy is its own example for Ex-F1."""
 
     def __init__(self, generated: Sequence[str], samples: TextSamples, labeler, meteor: MeteorScorer | None,
                  split_abnormal: bool = False) -> None:
@@ -86,9 +87,16 @@ class TextScorer:
         self.pred_codes = labeler.label(list(generated))
         self.true_codes = labeler.label(list(samples.targets))
         self.split_abnormal = split_abnormal
+        self.groups, self._group_of = np.unique(samples.group, return_inverse=True)
+        self._members = [np.flatnonzero(self._group_of == g) for g in range(len(self.groups))]
 
-    def __call__(self, weights: np.ndarray) -> dict[str, float]:
-        w = np.asarray(weights, int)
+    @property
+    def n_groups(self) -> int:
+        return len(self.groups)
+
+    def __call__(self, group_weights: np.ndarray) -> dict[str, float]:
+        gw = np.asarray(group_weights, int)
+        w = gw[self._group_of]
         out: dict[str, float] = {}
         if self.meteor is not None:
             out["METEOR"] = self.meteor.corpus(self.stats, w)[0]
@@ -96,6 +104,8 @@ class TextScorer:
                 ab = self.samples.abnormal
                 out["METEOR/abnormal"] = self.meteor.corpus(self.stats, w * ab)[0] if (w * ab).any() else float("nan")
                 out["METEOR/normal"] = self.meteor.corpus(self.stats, w * ~ab)[0] if (w * ~ab).any() else float("nan")
-        idx = indices(w)
-        out.update(self._ce(self.pred_codes[idx], self.true_codes[idx], self.samples.group[idx]))
+        copies = [self._members[g] for g in indices(gw)]
+        idx = np.concatenate(copies) if copies else np.zeros(0, int)
+        example = np.repeat(np.arange(len(copies)), [len(c) for c in copies])
+        out.update(self._ce(self.pred_codes[idx], self.true_codes[idx], example))
         return out

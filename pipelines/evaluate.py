@@ -82,17 +82,17 @@ def run_evaluation(tables: Path, cfg: EvalConfig, out: Path, model_dir: Path | N
     name = f"evaluate-{cfg.predictor}" + (f"-{Path(model_dir).resolve().parent.name}" if model_dir is not None else "")
     with mlflow.start_run(run_name=name, tags=tags) as run:
         mlflow.log_params(flatten({"eval": asdict(cfg)}))
-        used = sorted({f"{SOURCES[t]}/{s}" for t in cfg.tasks for s in (cfg.split, cfg.val_split)})
+        searched = {t for t in cfg.tasks if cfg.search and cfg.predictor == "model" and t.startswith(("od_", "sg_"))}
+        used = sorted({f"{SOURCES[t]}/{cfg.split}" for t in cfg.tasks} | {f"{SOURCES[t]}/{cfg.val_split}" for t in searched})
         for spec in dataset_inputs(Path(tables), used, "evaluation"):
             log_dataset(spec)
 
         def on_result(res: TaskResult) -> None:
             metrics = {}
             for key, stat in res.metrics.items():
-                if stat["value"] == stat["value"]:
-                    metrics[metric_key(res.task, key)] = stat["value"]
-                if stat["std"] == stat["std"]:
-                    metrics[metric_key(res.task, key) + "/std"] = stat["std"]
+                for part, value in stat.items():  # value (full set), mean and std over the bootstrap resamples
+                    if value == value:
+                        metrics[metric_key(res.task, key) + ("" if part == "value" else f"/{part}")] = value
             mlflow.log_metrics(metrics)
             mlflow.log_metric(metric_key(res.task, "seconds"), res.seconds)
 

@@ -59,7 +59,14 @@ def test_report_scores_separate_oracle_from_chance_on_many_reports():
     samples = TextSamples(np.arange(200), np.zeros((0, 4)), reports, np.arange(200))
     labeler, meteor = load_labeler("rules"), MeteorScorer.shared()
     top = TextScorer(reports, samples, labeler, meteor)(np.ones(200, int))
-    low = TextScorer(shuffled(reports), samples, labeler, meteor)(np.ones(200, int))
+    low_scorer = TextScorer(shuffled(reports), samples, labeler, meteor)
+    low = low_scorer(np.ones(200, int))
+    # a report drawn twice is two examples: Ex-F1 of [a, a] equals Ex-F1 of [a]; of [a, a, b] weighs a twice
+    single = {k: low_scorer(np.eye(200, dtype=int)[k])["ex_f1_14"] for k in range(20)}
+    a, b = [k for k, v in single.items() if v == v and 0 < v < 1][:2]
+    twice = np.zeros(200, int)
+    twice[[a, b]] = (2, 1)
+    assert low_scorer(twice)["ex_f1_14"] == pytest.approx((2 * single[a] + single[b]) / 3)
     from evaluation.clinical_f1 import binary_14
 
     # macro F1 averages all 14 classes; one that never occurs scores 0 even for the oracle (as in the reference)
@@ -111,6 +118,10 @@ def test_model_evaluation_end_to_end_with_mlflow(ingested, tiny_model_dir, tmp_p
         stat = saved["tasks"][t]["metrics"][HEADLINE[t]]
         assert set(stat) == {"value", "mean", "std"}
     assert "search" in saved["tasks"]["od_vindr"]["settings"]
+    from evaluation.data import load_rows
+
+    nih = load_rows(tables, "nih_cxr", "test")
+    assert saved["tasks"]["od_nih"]["n"] == sum(bool(r["boxes"]) for r in nih)  # only the box images are scored
     table = (tmp_path / "eval" / "table.md").read_text()
     assert "| Pathology detection | VinDr-CXR | mAP |" in table and "Mic-F1-5+" in table
     figures = [Path(f) for r in saved["tasks"].values() for f in r["figures"]]
@@ -120,7 +131,7 @@ def test_model_evaluation_end_to_end_with_mlflow(ingested, tiny_model_dir, tmp_p
     run = client.get_run(payload["mlflow_run_id"])
     assert run.data.tags["model_sha256"] and run.data.tags["predictor"] == "model"
     assert "od_vindr/mAP" in run.data.metrics and "rg_mimic/METEOR" in run.data.metrics
-    assert "od_vindr/AP_at_0.5/std" in run.data.metrics
+    assert "od_vindr/AP_at_0.5/std" in run.data.metrics and "od_vindr/AP_at_0.5/mean" in run.data.metrics
     digests = {i.dataset.name: i.dataset.digest for i in run.inputs.dataset_inputs}
     assert digests["vindr_cxr/test"] == manifest["datasets"]["vindr_cxr/test"]["digest"][:16]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
