@@ -83,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, default=None, help="output folder (default: <model>/../evaluation or runs/evaluate)")
     ev.add_argument("--tracking-uri", default=None, help="MLflow store (default: the training workdir's, else <out>/mlflow.db)")
 
+    reg = sub.add_parser("register", help="register an evaluated model in the MLflow Model Registry (candidate; champion if better)")
+    reg.add_argument("--model", type=Path, required=True, help="model folder (save_pretrained)")
+    reg.add_argument("--results", type=Path, required=True, help="the results.json of its chex evaluate run")
+    reg.add_argument("--name", default="chex", help="registered model name (default chex)")
+    reg.add_argument("--metric", default="rg_mimic/METEOR", help="task/metric that decides champion (default rg_mimic/METEOR)")
+    reg.add_argument("--lower-is-better", action="store_true", help="the metric improves downwards")
+
+    lin = sub.add_parser("lineage", help="registered model -> evaluation -> training runs -> dataset digests -> raw inputs")
+    lin.add_argument("model_uri", help="models:/<name>@<alias> or models:/<name>/<version>")
+    lin.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"), help="MLflow store (default $MLFLOW_TRACKING_URI)")
+    lin.add_argument("--json", action="store_true", help="print the chain as JSON")
+
     q = sub.add_parser("query", help="ask a trained model about one X-ray: text prompts, boxes, or a full report")
     q.add_argument("image", type=Path, help="JPEG, PNG or DICOM file")
     q.add_argument("--prompt", action="append", default=[], help="text query (repeatable), e.g. 'Pleural effusion'")
@@ -212,6 +224,44 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"results: {Path(out) / RESULTS}; MLflow run {payload['mlflow_run_id']} in {payload['tracking_uri']}")
 
 
+def _register(args: argparse.Namespace) -> None:
+    import mlflow
+
+    from pipelines.lineage import code_tags, ensure_experiment
+    from pipelines.registry import register
+
+    if not (args.model / "config.json").is_file():
+        raise UsageError(f"--model {args.model} is not a ChEX model folder (no config.json)")
+    try:
+        results = json.loads(_existing(args.results, "--results").read_text())
+        task, _, key = args.metric.partition("/")
+        value = float(results["tasks"][task]["metrics"][key]["value"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UsageError(f"--results {args.results} has no value for --metric {args.metric} ({exc})") from None
+    if value != value:
+        raise UsageError(f"--metric {args.metric} is NaN in {args.results}: pick a task that had samples")
+    mlflow.set_tracking_uri(results["tracking_uri"])
+    mlflow.set_experiment(experiment_id=ensure_experiment(results["tracking_uri"], "chex-registry"))
+    with mlflow.start_run(run_name=f"register-{args.name}", tags={**code_tags(), "model_dir": str(args.model.resolve())}):
+        reg = register(args.model, args.name, args.metric, value, results.get("mlflow_run_id"), not args.lower_is_better)
+    print(f"registered {reg.name} v{reg.version} ({args.metric} = {value:.4g}) with aliases {', '.join(reg.aliases)}; "
+          f"champion: v{reg.champion_version}")
+
+
+def _lineage(args: argparse.Namespace) -> None:
+    from pipelines.model_lineage import format_lineage, model_lineage
+
+    if not args.tracking_uri:
+        raise UsageError("give --tracking-uri (or set MLFLOW_TRACKING_URI)")
+    from mlflow.exceptions import MlflowException
+
+    try:
+        chain = model_lineage(args.model_uri, args.tracking_uri)
+    except (ValueError, MlflowException) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from None
+    print(json.dumps(chain, indent=2) if args.json else format_lineage(chain))
+
+
 def _tune(args: argparse.Namespace) -> None:
     from pipelines.tune import load_sweep_config, run_sweep
 
@@ -297,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
             _tune(args)
         elif args.command == "evaluate":
             _evaluate(args)
+        elif args.command == "register":
+            _register(args)
+        elif args.command == "lineage":
+            _lineage(args)
     except UsageError as exc:
         print(f"chex {args.command}: error: {exc}", file=sys.stderr)
         return 2

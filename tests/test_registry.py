@@ -1,0 +1,111 @@
+"""The model registry: a registered ChEX pyfunc answers queries; ``champion`` moves only to a better evaluation."""
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    import torch
+
+    from chex_model.chex import ChEX
+    from model_support import tiny_config
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("model")
+    ChEX.build(tiny_config()).save_pretrained(out)
+    return out
+
+
+def png_bytes(seed: int = 0) -> bytes:
+    from PIL import Image
+
+    img = (np.random.default_rng(seed).uniform(0, 255, (96, 80))).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_champion_moves_only_to_better_versions_and_pyfunc_answers(tiny_dir, tmp_path):
+    import mlflow
+    import pandas as pd
+
+    from pipelines.lineage import ensure_experiment
+    from pipelines.registry import CANDIDATE, CHAMPION, register
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=ensure_experiment(uri, "registry-test"))
+    client = mlflow.MlflowClient(uri)
+    regs = []
+    for value in (0.30, 0.20, 0.50):
+        with mlflow.start_run():
+            regs.append(register(tiny_dir, "chex-test", "rg_mimic/METEOR", value, evaluation_run_id="e"))
+    assert [r.version for r in regs] == ["1", "2", "3"]
+    assert [CHAMPION in r.aliases for r in regs] == [True, False, True]
+    assert regs[1].champion_version == "1"
+    assert str(client.get_model_version_by_alias("chex-test", CHAMPION).version) == "3"
+    assert str(client.get_model_version_by_alias("chex-test", CANDIDATE).version) == "3"
+
+    model = mlflow.pyfunc.load_model(f"models:/chex-test@{CANDIDATE}")
+    image = base64.b64encode(png_bytes()).decode()
+    out = model.predict(pd.DataFrame([{"image": image, "prompts": ["Pleural effusion"], "boxes": [[0.5, 0.5, 0.4, 0.4]],
+                                       "report": True}]))
+    assert len(out) == 1 and len(out[0]["answers"]) == 2
+    text, box = out[0]["answers"]
+    assert text["prompt"] == "Pleural effusion" and len(text["box"]) == 4 and isinstance(text["sentence"], str)
+    assert box["query_box"] == [0.5, 0.5, 0.4, 0.4]
+    assert "sentences" in out[0]["report"]
+
+    from chex_model.chex import ChEX
+    from pipelines.registry import _image
+
+    direct = ChEX.from_pretrained(tiny_dir).query(_image(image), ["Pleural effusion"])[0]
+    assert text["box"] == direct.box and text["sentence"] == direct.sentence  # the pyfunc is the same model
+
+
+def test_register_then_lineage_walks_back_to_the_raw_digests(ingested, tiny_dir, tmp_path, capsys):
+    import json
+
+    import mlflow
+
+    from chex_model.cli import main
+    from evaluation.config import Bootstrap, EvalConfig
+    from pipelines.evaluate import run_evaluation
+    from pipelines.lineage import dataset_inputs, ensure_experiment, log_dataset
+    from pipelines.train import EXPORT_TAG
+
+    tables, manifest = ingested
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    # a workflow with one stage run, recorded the way pipelines.train records them
+    with mlflow.start_run(experiment_id=ensure_experiment(uri, "chex-train"), run_name="workflow"):
+        with mlflow.start_run(run_name="generation", nested=True, tags={EXPORT_TAG: str(tiny_dir.resolve())}) as stage:
+            mlflow.log_params({"stage.name": "generation", "train.model_preset": "tiny"})
+            for spec in dataset_inputs(tables, ["mimic_cxr/train"], "training"):
+                log_dataset(spec)
+    payload = run_evaluation(tables, EvalConfig(tasks=["rc_cig"], bootstrap=Bootstrap(boxes=5)), tmp_path / "eval", tiny_dir, uri,
+                             show_progress=False)
+    capsys.readouterr()
+    assert main(["register", "--model", str(tiny_dir), "--results", str(tmp_path / "eval" / "results.json"),
+                 "--name", "chex-demo", "--metric", "rc_cig/auroc_weighted"]) == 0
+    assert "aliases candidate, champion" in capsys.readouterr().out
+    assert main(["lineage", "models:/chex-demo@champion", "--tracking-uri", uri, "--json"]) == 0
+    chain = json.loads(capsys.readouterr().out)
+    assert chain["model"]["version"] == "1" and set(chain["model"]["aliases"]) == {"candidate", "champion"}
+    assert chain["evaluation"]["run_id"] == payload["mlflow_run_id"]
+    assert "rc_cig/auroc_weighted" in chain["evaluation"]["scores"]
+    assert [t["run_id"] for t in chain["training"]] == [stage.info.run_id]
+    assert chain["training"][0]["config"]["train.model_preset"] == "tiny"
+    digests = {d["name"]: d["digest"] for d in chain["datasets"]}
+    assert digests["mimic_cxr/train"] == manifest["datasets"]["mimic_cxr/train"]["digest"]
+    assert digests["mimic_cxr/test"] == manifest["datasets"]["mimic_cxr/test"]["digest"]
+    assert {k: v["digest"] for k, v in chain["raw_inputs"].items()} == {k: v["digest"] for k, v in manifest["raw_inputs"].items()}
+    assert main(["lineage", "models:/chex-demo", "--tracking-uri", uri]) == 2  # neither alias nor version: one line
+    assert main(["lineage", "models:/chex-demo/1", "--tracking-uri", uri]) == 0
+    text = capsys.readouterr().out
+    assert "evaluation run" in text and "raw inputs" in text and manifest["raw_inputs"]["mimic_cxr_jpg"]["digest"] in text
