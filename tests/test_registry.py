@@ -109,3 +109,24 @@ def test_register_then_lineage_walks_back_to_the_raw_digests(ingested, tiny_dir,
     assert main(["lineage", "models:/chex-demo/1", "--tracking-uri", uri]) == 0
     text = capsys.readouterr().out
     assert "evaluation run" in text and "raw inputs" in text and manifest["raw_inputs"]["mimic_cxr_jpg"]["digest"] in text
+
+
+def test_registry_against_a_real_mlflow_server(tiny_dir, tmp_path):
+    """The same registration through a local tracking server (REST store, proxied artifacts) instead of SQLite."""
+    import mlflow
+    import pandas as pd
+
+    from infra.mlflow_server import local_server
+    from pipelines.registry import CHAMPION, register
+
+    with local_server(f"sqlite:///{tmp_path / 'server.db'}", str(tmp_path / "artifacts")) as uri:
+        assert uri.startswith("http://127.0.0.1:")
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment("server-test")
+        with mlflow.start_run():
+            reg = register(tiny_dir, "chex-served", "od_vindr/mAP", 0.4)
+        assert reg.aliases == ["candidate", CHAMPION]
+        model = mlflow.pyfunc.load_model(f"models:/chex-served@{CHAMPION}")
+        out = model.predict(pd.DataFrame([{"image": png_bytes(1), "prompts": ["Cardiomegaly"], "boxes": None}]))
+        assert out[0]["answers"][0]["prompt"] == "Cardiomegaly"
+    assert any((tmp_path / "artifacts").rglob("model.safetensors"))  # the artifacts went through the server
