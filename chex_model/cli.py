@@ -83,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, default=None, help="output folder (default: <model>/../evaluation or runs/evaluate)")
     ev.add_argument("--tracking-uri", default=None, help="MLflow store (default: the training workdir's, else <out>/mlflow.db)")
 
+    pipe = sub.add_parser("pipeline", help="the whole workflow: synth -> ingest -> train -> evaluate -> register")
+    pipe_sub = pipe.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    prun = pipe_sub.add_parser("run", help="run the stages whose inputs changed (a stage with the same inputs is skipped)")
+    prun.add_argument("--config", type=Path, default=Path("configs/pipeline/demo.yaml"), help="pipeline YAML")
+    prun.add_argument("--from", dest="from_stage", default=None, help="rerun from this stage on (e.g. ingest, train:detection)")
+    prun.add_argument("--only", default=None, help="run just this stage (its inputs must be up to date)")
+    prun.add_argument("--address", default=None, help="Ray cluster address ('auto' or host:port); default local")
+
     reg = sub.add_parser("register", help="register an evaluated model in the MLflow Model Registry (candidate; champion if better)")
     reg.add_argument("--model", type=Path, required=True, help="model folder (save_pretrained)")
     reg.add_argument("--results", type=Path, required=True, help="the results.json of its chex evaluate run")
@@ -224,6 +232,23 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"results: {Path(out) / RESULTS}; MLflow run {payload['mlflow_run_id']} in {payload['tracking_uri']}")
 
 
+def _pipeline(args: argparse.Namespace) -> None:
+    from pipelines.workflow import Pipeline, load_pipeline_config
+
+    cfg = load_pipeline_config(_existing(args.config, "--config"))
+    pipeline = Pipeline(cfg)
+    records = pipeline.run(args.from_stage, args.only, args.address)
+    for r in records:
+        print(f"stage {r.name}: {'skipped (unchanged)' if r.skipped else 'ran'}")
+    outputs = {r.name: r.outputs for r in records}
+    if "evaluate" in outputs:
+        print(Path(outputs["evaluate"]["table_file"]).read_text())
+    if "register" in outputs:
+        reg = outputs["register"]
+        print(f"registered {reg['name']} v{reg['version']} ({', '.join(reg['aliases'])}); champion v{reg['champion']}")
+    print(f"MLflow UI: mlflow ui --backend-store-uri {cfg.tracking()}")
+
+
 def _register(args: argparse.Namespace) -> None:
     import mlflow
 
@@ -327,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from evaluation.meteor import MissingJavaError
     from infra.config import ConfigError
+    from pipelines.workflow import StageFailed
 
     try:
         if args.command == "synth":
@@ -349,11 +375,16 @@ def main(argv: list[str] | None = None) -> int:
             _evaluate(args)
         elif args.command == "register":
             _register(args)
+        elif args.command == "pipeline":
+            _pipeline(args)
         elif args.command == "lineage":
             _lineage(args)
     except UsageError as exc:
         print(f"chex {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except StageFailed as exc:
+        print(f"chex {args.command}: error: {exc} (earlier stages' results are kept: rerun to continue from there)", file=sys.stderr)
+        return 1
     except (ConfigError, FileNotFoundError, MissingJavaError) as exc:
         print(f"chex {args.command}: error: {exc}", file=sys.stderr)
         return 1

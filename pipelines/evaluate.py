@@ -80,7 +80,7 @@ def run_evaluation(tables: Path, cfg: EvalConfig, out: Path, model_dir: Path | N
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     name = f"evaluate-{cfg.predictor}" + (f"-{Path(model_dir).resolve().parent.name}" if model_dir is not None else "")
-    with mlflow.start_run(run_name=name, tags=tags) as run:
+    with mlflow.start_run(run_name=name, tags=tags, nested=mlflow.active_run() is not None) as run:
         mlflow.log_params(flatten({"eval": asdict(cfg)}))
         searched = {t for t in cfg.tasks if cfg.search and cfg.predictor == "model" and t.startswith(("od_", "sg_"))}
         used = sorted({f"{SOURCES[t]}/{cfg.split}" for t in cfg.tasks} | {f"{SOURCES[t]}/{cfg.val_split}" for t in searched})
