@@ -90,3 +90,31 @@ def test_shipped_pipeline_configs_load():
     demo = load_config(PipelineConfig, REPO / "configs/pipeline/demo.yaml")
     paper = load_config(PipelineConfig, REPO / "configs/pipeline/paper.yaml")
     assert demo.raw == "" and paper.raw and paper.train.endswith("paper.yaml")
+
+
+def test_kuberay_rayjob_runs_the_paper_pipeline_on_gpu_workers():
+    import re
+    import tomllib
+
+    from infra.config import load_config
+    from pipelines.train_config import load_train_config
+    from pipelines.workflow import PipelineConfig
+
+    job = yaml.safe_load((REPO / "infra/kuberay/rayjob.yaml").read_text())
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    assert job["spec"]["entrypoint"].split()[:3] == ["chex", "pipeline", "run"]
+    config = job["spec"]["entrypoint"].split("--config")[1].split()[0]
+    paper = load_config(PipelineConfig, REPO / config)
+    pins = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    ray_pin = next(re.search(r"==([\d.]+)", d).group(1) for d in pins if d.startswith("ray["))
+    cluster = job["spec"]["rayClusterSpec"]
+    assert cluster["rayVersion"] == ray_pin
+    workers = cluster["workerGroupSpecs"]
+    gpus = sum(int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]) * g["maxReplicas"]
+               for g in workers)
+    assert gpus >= load_train_config(REPO / paper.train).workers  # room for every training worker's GPU
+    mounts = {m["mountPath"] for g in [cluster["headGroupSpec"], *workers]
+              for m in g["template"]["spec"]["containers"][0]["volumeMounts"]}
+    shared = {m for m in mounts if m != "/dev/shm"}
+    assert all(any(Path(p).is_relative_to(m) for m in shared) for p in (paper.workdir, paper.raw))
+    assert ray_pin in (REPO / "infra/Dockerfile").read_text()
