@@ -345,6 +345,14 @@ def _ingest(args: argparse.Namespace, raw: Path, out: Path) -> None:
     print(summary_table(out))
 
 
+def _demo(args: argparse.Namespace) -> None:
+    raw = args.workdir / "raw"
+    if not _synth_matches(raw, args.studies, args.seed, args.image_scale):
+        shutil.rmtree(raw, ignore_errors=True)
+        _synth(raw, args.studies, args.seed, args.image_scale)
+    _ingest(args, raw, args.workdir / "ingested")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -354,31 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     from infra.config import ConfigError
     from pipelines.workflow import StageFailed
 
+    commands = {"synth": lambda: _synth(args.out, args.studies, args.seed, args.image_scale, args.workers),
+                "ingest": lambda: _ingest(args, args.raw, args.out), "demo": lambda: _demo(args), "query": lambda: _query(args),
+                "train": lambda: _train(args), "tune": lambda: _tune(args), "evaluate": lambda: _evaluate(args),
+                "register": lambda: _register(args), "pipeline": lambda: _pipeline(args), "lineage": lambda: _lineage(args)}
     try:
-        if args.command == "synth":
-            _synth(args.out, args.studies, args.seed, args.image_scale, args.workers)
-        elif args.command == "ingest":
-            _ingest(args, args.raw, args.out)
-        elif args.command == "demo":
-            raw = args.workdir / "raw"
-            if not _synth_matches(raw, args.studies, args.seed, args.image_scale):
-                shutil.rmtree(raw, ignore_errors=True)
-                _synth(raw, args.studies, args.seed, args.image_scale)
-            _ingest(args, raw, args.workdir / "ingested")
-        elif args.command == "query":
-            _query(args)
-        elif args.command == "train":
-            _train(args)
-        elif args.command == "tune":
-            _tune(args)
-        elif args.command == "evaluate":
-            _evaluate(args)
-        elif args.command == "register":
-            _register(args)
-        elif args.command == "pipeline":
-            _pipeline(args)
-        elif args.command == "lineage":
-            _lineage(args)
+        commands[args.command]()
     except UsageError as exc:
         print(f"chex {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -61,6 +61,20 @@ def trained_tiny():
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A randomly initialized tiny ChEX saved with ``save_pretrained`` (read-only for tests)."""
+    import torch
+
+    from chex_model.chex import ChEX
+    from model_support import tiny_config
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_model")
+    ChEX.build(tiny_config()).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def ingested(synth_raw: Path, ray_local, tmp_path_factory) -> tuple[Path, dict]:
     """The ingest job's output on the shared raw tree: ``(folder, manifest)`` (read-only for tests)."""
     from pipelines.ingest import run_ingest

@@ -87,19 +87,6 @@ def test_task_groups_expand_and_unknown_tasks_are_errors():
         EvalConfig(tasks=["segmentation"])
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    import torch
-
-    from chex_model.chex import ChEX
-    from model_support import tiny_config
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("model")
-    ChEX.build(tiny_config()).save_pretrained(out)
-    return out
-
-
 def test_model_evaluation_end_to_end_with_mlflow(ingested, tiny_model_dir, tmp_path):
     import mlflow
 

@@ -5,20 +5,6 @@ import base64
 import io
 
 import numpy as np
-import pytest
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    import torch
-
-    from chex_model.chex import ChEX
-    from model_support import tiny_config
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("model")
-    ChEX.build(tiny_config()).save_pretrained(out)
-    return out
 
 
 def png_bytes(seed: int = 0) -> bytes:
@@ -30,7 +16,7 @@ def png_bytes(seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def test_champion_moves_only_to_better_versions_and_pyfunc_answers(tiny_dir, tmp_path):
+def test_champion_moves_only_to_better_versions_and_pyfunc_answers(tiny_model_dir, tmp_path):
     import mlflow
     import pandas as pd
 
@@ -44,7 +30,7 @@ def test_champion_moves_only_to_better_versions_and_pyfunc_answers(tiny_dir, tmp
     regs = []
     for value in (0.30, 0.20, 0.50):
         with mlflow.start_run():
-            regs.append(register(tiny_dir, "chex-test", "rg_mimic/METEOR", value, evaluation_run_id="e"))
+            regs.append(register(tiny_model_dir, "chex-test", "rg_mimic/METEOR", value, evaluation_run_id="e"))
     assert [r.version for r in regs] == ["1", "2", "3"]
     assert [CHAMPION in r.aliases for r in regs] == [True, False, True]
     assert regs[1].champion_version == "1"
@@ -64,11 +50,11 @@ def test_champion_moves_only_to_better_versions_and_pyfunc_answers(tiny_dir, tmp
     from chex_model.chex import ChEX
     from pipelines.registry import _image
 
-    direct = ChEX.from_pretrained(tiny_dir).query(_image(image), ["Pleural effusion"])[0]
+    direct = ChEX.from_pretrained(tiny_model_dir).query(_image(image), ["Pleural effusion"])[0]
     assert text["box"] == direct.box and text["sentence"] == direct.sentence  # the pyfunc is the same model
 
 
-def test_register_then_lineage_walks_back_to_the_raw_digests(ingested, tiny_dir, tmp_path, capsys):
+def test_register_then_lineage_walks_back_to_the_raw_digests(ingested, tiny_model_dir, tmp_path, capsys):
     import json
 
     import mlflow
@@ -84,14 +70,14 @@ def test_register_then_lineage_walks_back_to_the_raw_digests(ingested, tiny_dir,
     mlflow.set_tracking_uri(uri)
     # a workflow with one stage run, recorded the way pipelines.train records them
     with mlflow.start_run(experiment_id=ensure_experiment(uri, "chex-train"), run_name="workflow"):
-        with mlflow.start_run(run_name="generation", nested=True, tags={EXPORT_TAG: str(tiny_dir.resolve())}) as stage:
+        with mlflow.start_run(run_name="generation", nested=True, tags={EXPORT_TAG: str(tiny_model_dir.resolve())}) as stage:
             mlflow.log_params({"stage.name": "generation", "train.model_preset": "tiny"})
             for spec in dataset_inputs(tables, ["mimic_cxr/train"], "training"):
                 log_dataset(spec)
-    payload = run_evaluation(tables, EvalConfig(tasks=["rc_cig"], bootstrap=Bootstrap(boxes=5)), tmp_path / "eval", tiny_dir, uri,
+    payload = run_evaluation(tables, EvalConfig(tasks=["rc_cig"], bootstrap=Bootstrap(boxes=5)), tmp_path / "eval", tiny_model_dir, uri,
                              show_progress=False)
     capsys.readouterr()
-    assert main(["register", "--model", str(tiny_dir), "--results", str(tmp_path / "eval" / "results.json"),
+    assert main(["register", "--model", str(tiny_model_dir), "--results", str(tmp_path / "eval" / "results.json"),
                  "--name", "chex-demo", "--metric", "rc_cig/auroc_weighted"]) == 0
     assert "aliases candidate, champion" in capsys.readouterr().out
     assert main(["lineage", "models:/chex-demo@champion", "--tracking-uri", uri, "--json"]) == 0
@@ -111,7 +97,7 @@ def test_register_then_lineage_walks_back_to_the_raw_digests(ingested, tiny_dir,
     assert "evaluation run" in text and "raw inputs" in text and manifest["raw_inputs"]["mimic_cxr_jpg"]["digest"] in text
 
 
-def test_registry_against_a_real_mlflow_server(tiny_dir, tmp_path):
+def test_registry_against_a_real_mlflow_server(tiny_model_dir, tmp_path):
     """The same registration through a local tracking server (REST store, proxied artifacts) instead of SQLite."""
     import mlflow
     import pandas as pd
@@ -124,7 +110,7 @@ def test_registry_against_a_real_mlflow_server(tiny_dir, tmp_path):
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment("server-test")
         with mlflow.start_run():
-            reg = register(tiny_dir, "chex-served", "od_vindr/mAP", 0.4)
+            reg = register(tiny_model_dir, "chex-served", "od_vindr/mAP", 0.4)
         assert reg.aliases == ["candidate", CHAMPION]
         model = mlflow.pyfunc.load_model(f"models:/chex-served@{CHAMPION}")
         out = model.predict(pd.DataFrame([{"image": png_bytes(1), "prompts": ["Cardiomegaly"], "boxes": None}]))
