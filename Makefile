@@ -8,7 +8,7 @@ PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory"
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEMO_DIR ?= demo_run
+DEMO_CONFIG ?= configs/pipeline/demo.yaml
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
@@ -22,11 +22,11 @@ $(STAMP): pyproject.toml constraints.txt
 	@command -v java >/dev/null 2>&1 || { echo "error: Java is not on PATH; METEOR in chex evaluate runs pycocoevalcap's meteor-1.5.jar: install a JRE (e.g. apt-get install openjdk-17-jre-headless)" >&2; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0 $(PIP_QUIET)
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,serve]' $(PIP_QUIET)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,serve,cluster]' $(PIP_QUIET)
 	@touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/chex demo --workdir $(DEMO_DIR)
+	$(VENV)/bin/chex pipeline run --config $(DEMO_CONFIG)
 
 test: install
 	$(PY) -m pytest -q
@@ -38,4 +38,4 @@ bench: install
 	$(PY) bench/ingest.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) runs demo_run .pytest_cache

@@ -243,10 +243,15 @@ def _pipeline(args: argparse.Namespace) -> None:
     outputs = {r.name: r.outputs for r in records}
     if "evaluate" in outputs:
         print(Path(outputs["evaluate"]["table_file"]).read_text())
+        picture = Path(outputs["evaluate"]["table_file"]).parent / "figures" / "rg_mimic_example0.png"
+        if picture.is_file():
+            print(f"grounded report of a test image (boxes + generated sentences, true report below): {picture}")
     if "register" in outputs:
         reg = outputs["register"]
         print(f"registered {reg['name']} v{reg['version']} ({', '.join(reg['aliases'])}); champion v{reg['champion']}")
-    print(f"MLflow UI: mlflow ui --backend-store-uri {cfg.tracking()}")
+    venv_mlflow = Path(sys.executable).parent / "mlflow"
+    ui = f"{venv_mlflow if venv_mlflow.is_file() else 'mlflow'} ui --backend-store-uri {cfg.tracking()}"
+    print(f"MLflow UI (then open http://127.0.0.1:5000): {ui}")
 
 
 def _register(args: argparse.Namespace) -> None:

@@ -6,7 +6,9 @@ Production uses the same command with a PostgreSQL backend and an object-store a
     python -m infra.mlflow_server --backend-store-uri postgresql://mlflow:***@db:5432/mlflow \\
         --artifacts-destination s3://bucket/mlflow --host 0.0.0.0 --port 5000
 
-(PostgreSQL needs ``psycopg2`` and S3 needs ``boto3`` installed beside mlflow.)
+(PostgreSQL needs ``psycopg`` and S3 needs ``boto3``: the ``cluster`` extra.) To try that backend on one machine,
+``--local-postgres`` first starts a throwaway PostgreSQL cluster on loopback (``infra.local_postgres``) and uses it as
+the backend store.
 """
 from __future__ import annotations
 
@@ -52,7 +54,10 @@ def local_server(backend_uri: str, artifacts: str, port: int | None = None) -> I
     proc = subprocess.Popen(command(backend_uri, artifacts, port=port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     uri = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(uri, proc=proc)
+        try:
+            wait_healthy(uri, proc=proc)
+        except RuntimeError as exc:  # it exited: say why
+            raise RuntimeError(f"{exc}: {proc.stderr.read().decode(errors='replace')[-2000:]}") from None
         yield uri
     finally:
         proc.terminate()
@@ -69,8 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default) keeps it on loopback")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--local-postgres", action="store_true",
+                   help="start a throwaway PostgreSQL cluster on loopback and use it as the backend store")
     args = p.parse_args(argv)
-    return subprocess.call(command(args.backend_store_uri, args.artifacts_destination, args.host, args.port, args.workers))
+    if not args.local_postgres:
+        return subprocess.call(command(args.backend_store_uri, args.artifacts_destination, args.host, args.port, args.workers))
+    from infra.local_postgres import local_postgres
+
+    with local_postgres() as backend:
+        print(f"backend store: {backend}", flush=True)
+        return subprocess.call(command(backend, args.artifacts_destination, args.host, args.port, args.workers))
 
 
 if __name__ == "__main__":

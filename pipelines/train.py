@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.config import ConfigError
-from pipelines.lineage import code_tags, dataset_inputs
+from pipelines.lineage import code_tags, dataset_inputs, ensure_experiment
 from pipelines.train_config import StageConfig, TrainConfig
 from pipelines.train_data import build_dataset, epoch_steps, ms_cxr_image_ids
 from pipelines.train_loop import MODEL_DIR, STATE_FILE, train_loop
@@ -112,7 +112,7 @@ def _run_stage(cfg: TrainConfig, stage: StageConfig, init_model: Path, parent_ru
                                   execution_options=_execution_options(cfg.data.reproducible)),
         run_config=RunConfig(
             # a fresh name per fit: Train V2 would otherwise restore a finished earlier run of the same stage
-            name=f"{stage.name}_{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(workdir / "ray"),
+            name=f"{stage.name}_{time.strftime('%Y%m%d-%H%M%S')}", storage_path=cfg.ray_storage(),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute=stage.select_metric,
                                                checkpoint_score_order=stage.select_mode),
             failure_config=FailureConfig(max_failures=cfg.max_failures), callbacks=list(callbacks),
@@ -185,7 +185,7 @@ def run_workflow(cfg: TrainConfig, only: list[str] | None = None) -> list[StageR
         raise ConfigError(f"unknown stage(s) {unknown}; this config has {names}")
     Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(cfg.tracking_uri())
-    mlflow.set_experiment(cfg.mlflow.experiment)
+    mlflow.set_experiment(experiment_id=ensure_experiment(cfg.tracking_uri(), cfg.mlflow.experiment))
     results = []
     with mlflow.start_run(run_name="workflow", tags=code_tags()) as parent:
         mlflow.log_params({"stages": ",".join(s.name for s in stages if not only or s.name in only)})

@@ -80,6 +80,9 @@ class TrainConfig:
     engine: str = "deepspeed"  # "deepspeed" (ZeRO per the JSON below) or "ddp" (plain PyTorch DDP, fp32)
     grad_clip: float = 1.0  # gradient-norm clipping for both engines (written into the DeepSpeed config)
     deepspeed: str = "configs/deepspeed/zero2_cpu.json"
+    # Ray Train / Tune storage for checkpoints and run state: "" = <workdir>/ray; on a multi-node cluster a path every
+    # node sees (NFS / EFS mount) or a pyarrow URI such as s3://bucket/chex/ray
+    storage_path: str = ""
     keep_checkpoints: int = 2
     max_failures: int = 1
     data: DataConfig = field(default_factory=DataConfig)
@@ -119,6 +122,9 @@ class TrainConfig:
         ds["train_batch_size"] = self.batch_size
         ds["gradient_clipping"] = self.grad_clip
         return ds
+
+    def ray_storage(self) -> str:
+        return self.storage_path or str(Path(self.workdir).resolve() / "ray")
 
     def tracking_uri(self) -> str:
         return self.mlflow.tracking_uri or f"sqlite:///{Path(self.workdir).resolve() / 'mlflow.db'}"

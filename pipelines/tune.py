@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from infra.config import ConfigError, from_dict, load_config
-from pipelines.lineage import code_tags
+from pipelines.lineage import code_tags, ensure_experiment
 from pipelines.train_config import StageConfig, TrainConfig, load_train_config
 from pipelines.train_loop import GROUP_FILE
 
@@ -111,6 +111,8 @@ def _trial(config: dict[str, Any]) -> None:
     name = tune.get_context().get_trial_name()
     cfg = from_dict(TrainConfig, config["train"])
     cfg.workdir = str(Path(config["workdir"]) / "trials" / name)
+    if cfg.storage_path:  # a shared store: each trial its own folder there too
+        cfg.storage_path = f"{cfg.storage_path.rstrip('/')}/trials/{name}"
     stage = from_dict(StageConfig, apply_params(config["stage"], config["params"]))
     if config["sole_trial"]:  # with trials in parallel, another trial's live group must not be touched
         release_leftover_groups(Path(config["workdir"]))
@@ -145,7 +147,11 @@ class SweepResult:
     parent_run_id: str
 
 
-def run_sweep(sweep: SweepConfig, address: str | None = None) -> SweepResult:
+def run_sweep(sweep: SweepConfig, address: str | None = None, train_cfg: TrainConfig | None = None,
+              init_model: Path | None = None, nested: bool = False) -> SweepResult:
+    """Sweep ``sweep.stage`` of ``train_cfg`` (default: the YAML ``sweep.train``), every trial starting from
+    ``init_model`` (default: the stage's input under the training workdir). ``nested``: the sweep run is a child of
+    the active MLflow run (a pipeline's)."""
     import mlflow
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -154,7 +160,7 @@ def run_sweep(sweep: SweepConfig, address: str | None = None) -> SweepResult:
     from infra.ray_runtime import init_ray
     from pipelines.train import stage_input
 
-    train_cfg = load_train_config(Path(sweep.train))
+    train_cfg = copy.deepcopy(train_cfg) if train_cfg is not None else load_train_config(Path(sweep.train))
     stages = {s.name: s for s in train_cfg.stage_configs()}
     if sweep.stage not in stages:
         raise ConfigError(f"stage {sweep.stage!r} is not in {sweep.train} (has {list(stages)})")
@@ -175,11 +181,13 @@ def run_sweep(sweep: SweepConfig, address: str | None = None) -> SweepResult:
     workdir = Path(sweep.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     train_cfg.mlflow.tracking_uri = train_cfg.mlflow.tracking_uri or f"sqlite:///{workdir / 'mlflow.db'}"
-    init_model = stage_input(train_cfg, sweep.stage).resolve()
+    init_model = (init_model or stage_input(train_cfg, sweep.stage)).resolve()
     init_ray(address)
-    mlflow.set_tracking_uri(train_cfg.tracking_uri())
-    mlflow.set_experiment(train_cfg.mlflow.experiment)
-    with mlflow.start_run(run_name=f"sweep-{sweep.stage}", tags={**code_tags(), "sweep_stage": sweep.stage}) as parent:
+    if not nested:
+        mlflow.set_tracking_uri(train_cfg.tracking_uri())
+        mlflow.set_experiment(experiment_id=ensure_experiment(train_cfg.tracking_uri(), train_cfg.mlflow.experiment))
+    with mlflow.start_run(run_name=f"sweep-{sweep.stage}", tags={**code_tags(), "sweep_stage": sweep.stage},
+                          nested=nested) as parent:
         mlflow.log_params({"sweep.samples": sweep.num_samples, "sweep.metric": sweep.metric, "sweep.mode": sweep.mode,
                            **{f"space.{k}": f"{v.kind}({v.values or [v.low, v.high]})" for k, v in sweep.space.items()}})
         tuner = tune.Tuner(
@@ -198,7 +206,7 @@ def run_sweep(sweep: SweepConfig, address: str | None = None) -> SweepResult:
                                         grace_period=sweep.asha.grace_period,
                                         reduction_factor=sweep.asha.reduction_factor),
             ),
-            run_config=tune.RunConfig(name=f"sweep-{sweep.stage}", storage_path=str(workdir / "ray")),
+            run_config=tune.RunConfig(name=f"sweep-{sweep.stage}", storage_path=train_cfg.storage_path or str(workdir / "ray")),
         )
         grid = tuner.fit()
         release_leftover_groups(workdir)  # every trial has ended now

@@ -45,6 +45,7 @@ class PipelineConfig:
     ingest: str = "configs/ingest.yaml"
     image_size: int = 0  # ingest override; 0 = the ingest config's
     train: str = "configs/train/demo.yaml"
+    sweep: str = ""  # a sweep YAML (configs/tune/*.yaml) to tune one training stage first; "" = no sweep
     evaluate: str = "configs/evaluate/default.yaml"
     register: RegisterSettings = field(default_factory=RegisterSettings)
     tracking_uri: str = ""  # "" = sqlite:///<abs workdir>/mlflow.db
@@ -56,8 +57,8 @@ class PipelineConfig:
 
 def load_pipeline_config(path: Path) -> PipelineConfig:
     cfg = load_config(PipelineConfig, path)
-    for name in ("ingest", "train", "evaluate"):
-        if not Path(getattr(cfg, name)).is_file():
+    for name in ("ingest", "train", "evaluate", "sweep"):
+        if getattr(cfg, name) and not Path(getattr(cfg, name)).is_file():
             raise ConfigError(f"{path}: {name} config {getattr(cfg, name)} does not exist")
     return cfg
 
@@ -108,12 +109,39 @@ class Pipeline:
         if self.train_cfg.deepspeed and not Path(self.train_cfg.deepspeed).is_absolute():
             self.train_cfg.deepspeed = str(Path(self.train_cfg.deepspeed).resolve())
         self.train_cfg.accumulation()
+        self.sweep_cfg = None
+        if cfg.sweep:
+            from pipelines.tune import load_sweep_config
+
+            self.sweep_cfg = load_sweep_config(Path(cfg.sweep))
+            self.sweep_cfg.train, self.sweep_cfg.workdir = cfg.train, str(self.workdir / "sweep")
+            if self.sweep_cfg.stage not in {s.name for s in self.train_cfg.stage_configs()}:
+                raise ConfigError(f"{cfg.sweep}: stage {self.sweep_cfg.stage!r} is not a stage of {cfg.train}")
         self.state_path = self.workdir / STATE_FILE
 
     @property
     def stage_names(self) -> list[str]:
-        names = [] if self.cfg.raw else ["synth"]
-        return names + ["ingest"] + [f"train:{s.name}" for s in self.train_cfg.stage_configs()] + ["evaluate", "register"]
+        names = ([] if self.cfg.raw else ["synth"]) + ["ingest"]
+        for s in self.train_cfg.stage_configs():
+            if self.sweep_cfg is not None and s.name == self.sweep_cfg.stage:
+                names.append("sweep")  # right before the stage it tunes: that stage and the later ones use its result
+            names.append(f"train:{s.name}")
+        return names + ["evaluate", "register"]
+
+    def _stage_config(self, name: str, up: dict[str, Any]):
+        """A training stage's config, with the sweep's best values applied to the swept stage."""
+        from infra.config import from_dict
+        from pipelines.train_config import StageConfig
+        from pipelines.tune import apply_params
+
+        stage = next(s for s in self.train_cfg.stage_configs() if s.name == name.split(":", 1)[1])
+        if "sweep" in up and stage.name == self.sweep_cfg.stage:
+            stage = from_dict(StageConfig, apply_params(asdict(stage), up["sweep"]["params"]))
+        return stage
+
+    def _previous_weights(self, name: str, up: dict[str, Any]) -> str | None:
+        trained = [n for n in self.stage_names[: self.stage_names.index(name)] if n.startswith("train:")]
+        return up[trained[-1]]["weights_sha256"] if trained else None
 
     def _state(self) -> dict[str, Any]:
         try:
@@ -191,12 +219,15 @@ class Pipeline:
             inputs = {"ingest": asdict(self.ingest_cfg), "raw": up.get("synth", {}).get("raw", str(Path(self.cfg.raw).resolve())),
                       "synth": up.get("synth", {}).get("key")}
         elif name.startswith("train:"):
-            stage = next(s for s in self.train_cfg.stage_configs() if s.name == name.split(":", 1)[1])
-            names = self.stage_names
-            prev = names[names.index(name) - 1]
             glob = {k: v for k, v in asdict(self.train_cfg).items() if k not in ("stages", "workdir", "mlflow")}
-            inputs = {"stage": asdict(stage), "train": glob, "datasets": up["ingest"]["datasets"],
-                      "init": up[prev].get("weights_sha256") if prev.startswith("train:") else None}
+            inputs = {"stage": asdict(self._stage_config(name, up)), "train": glob, "datasets": up["ingest"]["datasets"],
+                      "init": self._previous_weights(name, up)}
+        elif name == "sweep":
+            glob = {k: v for k, v in asdict(self.train_cfg).items() if k not in ("stages", "workdir", "mlflow")}
+            stage = self._stage_config(f"train:{self.sweep_cfg.stage}", {})
+            inputs = {"sweep": {k: v for k, v in asdict(self.sweep_cfg).items() if k not in ("train", "workdir")},
+                      "stage": asdict(stage), "train": glob, "datasets": up["ingest"]["datasets"],
+                      "init": self._previous_weights(name, up)}
         elif name == "evaluate":
             last = [n for n in self.stage_names if n.startswith("train:")][-1]
             inputs = {"evaluate": asdict(self.eval_cfg), "weights": up[last]["weights_sha256"], "datasets": up["ingest"]["datasets"]}
@@ -234,10 +265,18 @@ class Pipeline:
                     log_dataset(spec)
             return {"tables_dir": str(out), "datasets": {k: v["digest"] for k, v in sorted(manifest["datasets"].items())},
                     "manifest_file": str(out / "manifest.json")}
+        if name == "sweep":
+            from pipelines.train import stage_input
+            from pipelines.tune import run_sweep
+
+            res = run_sweep(self.sweep_cfg, address, self.train_cfg, stage_input(self.train_cfg, self.sweep_cfg.stage),
+                            nested=True)
+            return {"params": res.best_params, "best_config_file": str(res.best_config), "trials": res.trials,
+                    "run_id": res.parent_run_id}
         if name.startswith("train:"):
             from pipelines.train import run_stage, stage_input
 
-            stage = next(s for s in self.train_cfg.stage_configs() if s.name == name.split(":", 1)[1])
+            stage = self._stage_config(name, up)
             res = run_stage(self.train_cfg, stage, stage_input(self.train_cfg, stage.name), parent_id)
             return {"model_dir": str(res.model_dir), "weights_sha256": file_sha256(Path(res.model_dir) / "model.safetensors"),
                     "checkpoint": res.checkpoint}

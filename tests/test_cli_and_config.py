@@ -77,7 +77,18 @@ def test_ray_cluster_yaml_is_a_complete_launcher_config():
     pins = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     ray_version = next(re.search(r"==([\d.]+)", p).group(1) for p in pins if p.startswith("ray["))
     assert f":{ray_version}-" in cfg["docker"]["image"]
-    assert any("constraints.txt" in c for c in cfg["setup_commands"])
+    assert any("constraints.txt" in c and "gpu" in c for c in cfg["setup_commands"])
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["gpu"] and extras["cluster"]
+    gpu_nodes = [n for n in workers if n["node_config"]["InstanceType"].startswith(("g", "p"))]
+    assert gpu_nodes, "no GPU worker node type"
+    # checkpoints go to the volume every node mounts
+    from pipelines.train_config import load_train_config
+
+    storage = load_train_config(REPO / "configs/train/paper.yaml").storage_path
+    shared = [o.split(":")[1] for o in cfg["docker"]["run_options"] if o.startswith("-v ")]
+    assert any(Path(storage).is_relative_to(m) for m in shared), (storage, shared)
+    assert any(m in " ".join(cfg["initialization_commands"]) for m in shared)
 
 
 @pytest.mark.parametrize("text, fragment", [

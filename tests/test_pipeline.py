@@ -13,7 +13,7 @@ from chex_model.cli import main
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_configs(tmp: Path, lr: float = 1e-3, metric: str = "od_vindr/mAP") -> Path:
+def write_configs(tmp: Path, lr: float = 1e-3, metric: str = "od_vindr/mAP", sweep: bool = False) -> Path:
     train = yaml.safe_load((REPO / "configs/train/demo.yaml").read_text())
     train.update(workers=1, batch_size=4, micro_batch=4, engine="ddp", deepspeed="")
     train["stages"] = [{**train["stages"][0], "steps": 2, "val_every": 2, "warmup_steps": 1, "lr": lr}]
@@ -23,6 +23,11 @@ def write_configs(tmp: Path, lr: float = 1e-3, metric: str = "od_vindr/mAP") -> 
     pipeline = {"workdir": str(tmp / "work"), "synth": {"studies": 8, "seed": 3, "image_scale": 0.1},
                 "ingest": str(REPO / "configs/ingest.yaml"), "image_size": 64, "train": str(tmp / "train.yaml"),
                 "evaluate": str(tmp / "evaluate.yaml"), "register": {"name": "chex-test", "metric": metric}}
+    if sweep:
+        (tmp / "sweep.yaml").write_text(yaml.safe_dump({
+            "stage": "detection", "num_samples": 2, "steps": 2, "val_every": 1, "workers": 1,
+            "space": {"lr": {"kind": "loguniform", "low": 1e-4, "high": 1e-2}}}))
+        pipeline["sweep"] = str(tmp / "sweep.yaml")
     (tmp / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
     return tmp / "pipeline.yaml"
 
@@ -81,6 +86,20 @@ def test_pipeline_runs_skips_reruns_what_changed_and_survives_a_failure(tmp_path
 
     assert main(["pipeline", "run", "--config", str(config), "--only", "nope"]) == 1
     assert "unknown stage" in capsys.readouterr().err
+
+    write_configs(tmp_path, lr=5e-4, sweep=True)  # a sweep tunes the detection stage, which then trains with its best lr
+    assert main(["pipeline", "run", "--config", str(config)]) == 0
+    fifth = stages_of(capsys.readouterr().out)
+    assert list(fifth) == ["synth", "ingest", "sweep", "train:detection", "evaluate", "register"]
+    assert fifth["ingest"] == "skipped (unchanged)" and {fifth[s] for s in list(fifth)[2:]} == {"ran"}
+    state = json.loads((tmp_path / "work" / "pipeline_state.json").read_text())
+    best = state["sweep"]["outputs"]["params"]["lr"]
+    assert 1e-4 <= best <= 1e-2 and state["sweep"]["outputs"]["trials"] == 2
+    assert state["train:detection"]["inputs"]["stage"]["lr"] == best
+    sweep_run = client.get_run(state["sweep"]["outputs"]["run_id"])
+    assert sweep_run.data.tags["mlflow.parentRunId"] == client.search_runs(
+        [exp.experiment_id], "tags.mlflow.runName = 'pipeline'", order_by=["attributes.start_time DESC"])[0].info.run_id
+    assert sweep_run.data.params["best.lr"] == str(best)
 
 
 def test_shipped_pipeline_configs_load():

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 
 import numpy as np
+import pytest
 
 
 def png_bytes(seed: int = 0) -> bytes:
@@ -97,15 +99,23 @@ def test_register_then_lineage_walks_back_to_the_raw_digests(ingested, tiny_mode
     assert "evaluation run" in text and "raw inputs" in text and manifest["raw_inputs"]["mimic_cxr_jpg"]["digest"] in text
 
 
-def test_registry_against_a_real_mlflow_server(tiny_model_dir, tmp_path):
-    """The same registration through a local tracking server (REST store, proxied artifacts) instead of SQLite."""
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_registry_against_a_real_mlflow_server(backend, tiny_model_dir, tmp_path):
+    """The same registration through a local tracking server (REST store, proxied artifacts) instead of a SQLite file,
+    on both backend stores: SQLite, and PostgreSQL as production runs it (a throwaway cluster on loopback)."""
     import mlflow
     import pandas as pd
 
+    from infra import local_postgres
     from infra.mlflow_server import local_server
     from pipelines.registry import CHAMPION, register
 
-    with local_server(f"sqlite:///{tmp_path / 'server.db'}", str(tmp_path / "artifacts")) as uri:
+    if backend == "postgresql" and not local_postgres.available():
+        pytest.skip("PostgreSQL's initdb / pg_ctl are not installed")
+    with contextlib.ExitStack() as stack:
+        store = (f"sqlite:///{tmp_path / 'server.db'}" if backend == "sqlite"
+                 else stack.enter_context(local_postgres.local_postgres()))
+        uri = stack.enter_context(local_server(store, str(tmp_path / "artifacts")))
         assert uri.startswith("http://127.0.0.1:")
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment("server-test")
@@ -115,4 +125,10 @@ def test_registry_against_a_real_mlflow_server(tiny_model_dir, tmp_path):
         model = mlflow.pyfunc.load_model(f"models:/chex-served@{CHAMPION}")
         out = model.predict(pd.DataFrame([{"image": png_bytes(1), "prompts": ["Cardiomegaly"], "boxes": None}]))
         assert out[0]["answers"][0]["prompt"] == "Cardiomegaly"
+        if backend == "postgresql":  # the version and its alias really live in PostgreSQL
+            import psycopg
+
+            with contextlib.closing(psycopg.connect(store)) as conn, conn.cursor() as cur:
+                cur.execute("SELECT name, alias, version FROM registered_model_aliases")
+                assert sorted(cur.fetchall()) == sorted([("chex-served", CHAMPION, 1), ("chex-served", "candidate", 1)])
     assert any((tmp_path / "artifacts").rglob("model.safetensors"))  # the artifacts went through the server
