@@ -15,9 +15,12 @@ import logging
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from infra.config import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from pipelines.train_config import StageConfig
 
 log = logging.getLogger(__name__)
 STATE_FILE = "pipeline_state.json"
@@ -128,7 +131,7 @@ class Pipeline:
             names.append(f"train:{s.name}")
         return names + ["evaluate", "register"]
 
-    def _stage_config(self, name: str, up: dict[str, Any]):
+    def _stage_config(self, name: str, up: dict[str, Any]) -> StageConfig:
         """A training stage's config, with the sweep's best values applied to the swept stage."""
         from infra.config import from_dict
         from pipelines.train_config import StageConfig
