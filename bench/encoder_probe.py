@@ -2,8 +2,9 @@
 the centre of each VinDr image's largest box from the encoder's patch tokens through one learned attention query,
 training encoder and readout together, and compare the L1 error with always answering the mean centre.
 
-Prints a table per encoder (the tiny preset's CLIP ViT, the same with a convolutional patch stem, a small CNN).
-Usage: ``python bench/encoder_probe.py --tables INGEST_DIR [--steps 800] [--lr 2e-3] [--encoders vit cnn vit-stem]``.
+Prints a table per encoder: the tiny preset's CLIP ViT, the same with a convolutional patch stem, a plain-PyTorch ViT
+of the same geometry, a small CNN.
+Usage: ``python bench/encoder_probe.py --tables INGEST_DIR [--steps 800] [--lr 2e-3] [--encoders vit cnn ...]``.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+KINDS = ["vit", "vit-stem", "vit-plain", "cnn"]
 
 
 def lesion_images(tables: Path, splits: tuple[str, ...], size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,6 +53,24 @@ class ConvEncoder(nn.Module):
         return self.net(x).permute(0, 2, 3, 1)
 
 
+class PlainViT(nn.Module):
+    """The tiny ViT's geometry (16 px patches, width ``d``, 2 pre-LN layers, 4 heads) in plain PyTorch, to tell the
+    architecture apart from the Hugging Face CLIP configuration and initialization."""
+
+    def __init__(self, d: int, grid: int = 8, layers: int = 2, heads: int = 4) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(1, d, 16, 16)
+        self.pos = nn.Parameter(torch.randn(grid * grid, d) * 0.02)
+        layer = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, layers)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x)
+        n, d, h, w = t.shape
+        return self.norm(self.blocks(t.flatten(2).transpose(1, 2) + self.pos)).view(n, h, w, d)
+
+
 class ConvStem(nn.Sequential):
     """A conv patch stem for the CLIP ViT; Hugging Face's CLIP embeddings read ``patch_embedding.weight.dtype``."""
 
@@ -70,6 +90,8 @@ def encoder(kind: str) -> tuple[nn.Module, int, float, float]:
     d, mean, std = model.cfg.d_model, model.cfg.image.mean, model.cfg.image.std
     if kind == "cnn":
         return ConvEncoder(d), d, mean, std
+    if kind == "vit-plain":
+        return PlainViT(d), d, mean, std
     if kind == "vit-stem":
         width = vit.clip.vision_model.config.hidden_size
         block = [nn.Sequential(nn.Conv2d(a, b, 3, 2, 1, bias=False), nn.GroupNorm(8, b), nn.ReLU())
@@ -124,7 +146,7 @@ def main() -> None:
     parser.add_argument("--tables", type=Path, required=True, help="ingest output with VinDr-CXR tables")
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--encoders", nargs="+", default=["vit", "vit-stem", "cnn"], choices=["vit", "vit-stem", "cnn"])
+    parser.add_argument("--encoders", nargs="+", default=["vit", "vit-stem", "cnn"], choices=KINDS)
     args = parser.parse_args()
     torch.set_num_threads(2)
     train = lesion_images(args.tables, ("train",), 128)

@@ -21,6 +21,15 @@ from pipelines.train_loop import lr_lambda
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# The engine tests pin the detection stage to the reference's balance (anatomy boxes at 1 % of the pathology boxes,
+# the pretrained-style partial encoder): the demo's heavier anatomy weights turn float-level differences between a
+# resumed and an uninterrupted run into ~3e-4 weight differences, beyond the resume test's tolerance.
+ENGINE_DETECTION = {"trains": ["image_encoder_top", "detector"],
+                    "loss_weights": {"patho_box_l1": 50.0, "patho_box_giou": 20.0, "patho_box_score": 30.0, "patho_cls": 1.0,
+                                     "anat_box_l1": 0.5, "anat_box_giou": 0.2, "anat_box_score": 0.3, "anat_cls": 0.005,
+                                     "global_contr": 1.0, "sent_contr": 0.005}}
+
+
 def _config(workdir: Path, tables: Path, workers: int, stages: list[dict], engine: str = "deepspeed") -> TrainConfig:
     cfg = load_train_config(ROOT / "configs/train/demo.yaml")
     cfg.workdir, cfg.workers, cfg.engine = str(workdir), workers, engine
@@ -93,7 +102,7 @@ def test_two_workers_learn_and_stages_chain(ingested, ray_local, tmp_path):
 
     tables, manifest = ingested
     cfg = _config(tmp_path, tables, workers=2, stages=[
-        {"name": "detection", "steps": 14, "val_every": 7, "lr": 3e-3, "warmup_steps": 2},
+        {"name": "detection", "steps": 14, "val_every": 7, "lr": 3e-3, "warmup_steps": 2, **ENGINE_DETECTION},
         {"name": "post_decoder", "steps": 2, "val_every": 2, "warmup_steps": 1},
     ])
     cfg.data.augment.enabled = False  # learning is measured on the unaugmented images; the resume test augments
@@ -141,7 +150,7 @@ def test_a_killed_worker_resumes_to_the_same_weights(ingested, ray_local, tmp_pa
     results, cfgs = [], []
     for name, fail_at in (("plain", None), ("killed", 3)):
         cfg = _config(tmp_path / name, tables, workers=1, stages=[
-            {"name": "detection", "steps": 4, "val_every": 2, "lr": 2e-3, "warmup_steps": 1}])
+            {"name": "detection", "steps": 4, "val_every": 2, "lr": 2e-3, "warmup_steps": 1, **ENGINE_DETECTION}])
         cfg.max_failures, cfg.data.reproducible = 1, True
         stage = cfg.stage_configs()[0]
         results.append(run_stage(cfg, stage, stage_input(cfg, "detection"), fail_at_step=fail_at))
