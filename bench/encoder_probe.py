@@ -62,7 +62,7 @@ class PlainViT(nn.Module):
         self.patch = nn.Conv2d(1, d, 16, 16)
         self.pos = nn.Parameter(torch.randn(grid * grid, d) * 0.02)
         layer = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, layers)
+        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
