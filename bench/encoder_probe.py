@@ -2,8 +2,8 @@
 the centre of each VinDr image's largest box from the encoder's patch tokens through one learned attention query,
 training encoder and readout together, and compare the L1 error with always answering the mean centre.
 
-Prints a table per encoder: the tiny preset's CLIP ViT, the same with a convolutional patch stem, a plain-PyTorch ViT
-of the same geometry, a small CNN.
+Prints a table per encoder: the tiny preset's encoder as shipped (CLIP ViT + conv branch), its CLIP ViT alone, the ViT
+with a convolutional patch stem, a plain-PyTorch ViT of the same geometry, a small CNN.
 Usage: ``python bench/encoder_probe.py --tables INGEST_DIR [--steps 800] [--lr 2e-3] [--encoders vit cnn ...]``.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-KINDS = ["vit", "vit-stem", "vit-plain", "cnn"]
+KINDS = ["tiny", "vit", "vit-stem", "vit-plain", "cnn"]
 
 
 def lesion_images(tables: Path, splits: tuple[str, ...], size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +84,10 @@ def encoder(kind: str) -> tuple[nn.Module, int, float, float]:
     from chex_model.chex import ChEX
     from chex_model.config import preset
 
-    model = ChEX.build(preset("tiny"))
+    cfg = preset("tiny")
+    if kind != "tiny":
+        cfg.image.conv_widths = []
+    model = ChEX.build(cfg)
     vit = model.image_encoder
     vit.freeze(0, False)
     d, mean, std = model.cfg.d_model, model.cfg.image.mean, model.cfg.image.std
@@ -146,7 +149,7 @@ def main() -> None:
     parser.add_argument("--tables", type=Path, required=True, help="ingest output with VinDr-CXR tables")
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--encoders", nargs="+", default=["vit", "vit-stem", "cnn"], choices=KINDS)
+    parser.add_argument("--encoders", nargs="+", default=["tiny", "vit", "cnn"], choices=KINDS)
     args = parser.parse_args()
     torch.set_num_threads(2)
     train = lesion_images(args.tables, ("train",), 128)

@@ -50,6 +50,7 @@ class Gpt2Geometry:
 class ImageEncoderConfig:
     freeze_layers: int = 9  # of [embeddings (+ ln_pre), block 0, ..., block 11]
     freeze_projection: bool = True  # post layer norm + visual projection (frozen in the reference's stage 1)
+    conv_widths: list[int] = field(default_factory=list)  # a ConvBranch's stage widths, one stride-2 stage each; [] = none
     mean: float = 0.505
     std: float = 0.248
 
@@ -69,6 +70,7 @@ class DetectorConfig:
     skip_roi_dropout: float = 0.3
     skip_roi_inference: bool = True
     present_threshold: float = 0.5
+    box_reference: bool = False  # box centres offset from an attention-weighted reference point (off = the reference)
 
 
 @dataclass
@@ -131,6 +133,9 @@ class ChexConfig:
             raise ConfigError("detector.n_boxes must be >= 1")
         if not 0 <= self.image.freeze_layers <= self.clip.vision_layers + 1:
             raise ConfigError(f"image.freeze_layers must be in [0, {self.clip.vision_layers + 1}]")
+        if self.image.conv_widths and 2 ** len(self.image.conv_widths) != self.clip.patch_size:
+            raise ConfigError(f"image.conv_widths needs log2(patch_size) = {self.clip.patch_size.bit_length() - 1} stages "
+                              f"to land on the ViT's grid, got {len(self.image.conv_widths)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -24,6 +24,10 @@ class Detections:
     score: Tensor  # (N, Q) score-weighted mean box score
     box: Tensor  # (N, Q, 4) enclosing box of the present boxes (the best box when none is present)
     mask: Tensor  # (N, Q)
+    reference_logits: Tensor | None = None  # (N, Q, M, h * w) query . patch logits behind the box centres (box_reference)
+
+
+REFERENCE_SHIFT = 0.15  # how far (image fraction) a box centre may move from its reference point
 
 
 def source_tokens(patches: Tensor, pos: Tensor) -> Tensor:
@@ -46,6 +50,9 @@ class PromptDetector(nn.Module):
         self.skip_dropout = nn.Dropout(cfg.skip_roi_dropout)
         self.out_proj = nn.Sequential(nn.LayerNorm(d), mlp(d, cfg.ff_mult * d, d, dropout))
         self.score_head = mlp(d, d, 1, dropout)
+        if cfg.box_reference:
+            self.ref_query = nn.Linear(d, d)
+            self.ref_key = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))
 
     def forward(self, patches: Tensor, pos: Tensor, prompts: Tensor, mask: Tensor) -> Detections:
         n, q, d = prompts.shape
@@ -57,7 +64,13 @@ class PromptDetector(nn.Module):
         source = source_tokens(patches, pos)
         for layer in self.layers:
             x = layer(x, source, sa_mask)
-        boxes = torch.sigmoid(self.box_head(x))
+        raw, logits = self.box_head(x), None
+        if self.cfg.box_reference:
+            logits = self.reference_logits(x, patches)
+            centre = self.reference(logits, patches.shape[1:3]) + REFERENCE_SHIFT * torch.tanh(raw[..., :2])
+            boxes = torch.cat((centre.clamp(0.0, 1.0), torch.sigmoid(raw[..., 2:])), dim=-1)
+        else:
+            boxes = torch.sigmoid(raw)
         roi = gaussian_roi_pool(self.patch_proj(patches), boxes, self.cfg.roi_beta)
         if self.training:
             skip = torch.rand(n, q * m, 1, device=x.device) < self.cfg.skip_roi_prob
@@ -68,7 +81,26 @@ class PromptDetector(nn.Module):
             feat = roi
         box_features = self.out_proj(feat).view(n, q, m, d)
         scores = torch.sigmoid(self.score_head(box_features)).squeeze(-1)
-        return aggregate(boxes.view(n, q, m, 4), scores, box_features, mask, self.cfg.present_threshold)
+        det = aggregate(boxes.view(n, q, m, 4), scores, box_features, mask, self.cfg.present_threshold)
+        if logits is not None:
+            det.reference_logits = logits.view(n, q, m, -1)
+        return det
+
+    def reference_logits(self, x: Tensor, patches: Tensor) -> Tensor:
+        """``(N, L, h * w)``: how strongly each box query finds its prompt in each patch cell."""
+        n, gh, gw, d = patches.shape
+        keys = self.ref_key(patches.reshape(n, gh * gw, d))
+        return self.ref_query(x) @ keys.transpose(1, 2) / math.sqrt(d)
+
+    @staticmethod
+    def reference(logits: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Box centres ``(N, L, 2)``: the softmax(logits)-weighted mean of the cell centres. A box's position then
+        depends on where its prompt is found, and the losses reach those cells' features directly (a DETR decoder
+        trained from scratch takes far longer to tie its boxes to the image)."""
+        gh, gw = grid
+        axis = {"device": logits.device, "dtype": logits.dtype}
+        ys, xs = torch.meshgrid((torch.arange(gh, **axis) + 0.5) / gh, (torch.arange(gw, **axis) + 0.5) / gw, indexing="ij")
+        return torch.softmax(logits, dim=-1) @ torch.stack((xs, ys), dim=-1).reshape(gh * gw, 2)
 
     def pool(self, patches: Tensor, boxes: Tensor, prompts: Tensor | None = None, has_prompt: Tensor | None = None) -> Tensor:
         """ROI tokens ``(N, K, d)`` for given boxes ``(N, K, 4)``, bypassing the box queries.

@@ -1,17 +1,21 @@
-"""CLIP ViT image encoder: all patch tokens (and their positions) in the shared image-text space."""
+"""CLIP ViT image encoder: all patch tokens (and their positions) in the shared image-text space, optionally summed with
+a convolutional branch for models trained from scratch."""
 from __future__ import annotations
 
 from torch import Tensor, nn
 from transformers import CLIPVisionModelWithProjection
 
 from chex_model.config import ImageEncoderConfig
+from chex_model.conv_branch import ConvBranch
 
 
 class ImageEncoder(nn.Module):
     """Grayscale image -> patch features ``(N, h, w, d)``, projected positions ``(h, w, d)``, global feature ``(N, d)``.
 
     Every token goes through the post layer norm and the visual projection, as CLIP does for its CLS token, so patch
-    features live in the space the frozen text encoder's prompts live in. Frozen parts run in eval mode.
+    features live in the space the frozen text encoder's prompts live in. Frozen parts run in eval mode. With
+    ``cfg.conv_widths`` a :class:`ConvBranch` on the same grid adds to every patch token (and its mean to the global one);
+    it trains whenever any part of the encoder does.
     """
 
     def __init__(self, clip: CLIPVisionModelWithProjection, cfg: ImageEncoderConfig) -> None:
@@ -21,11 +25,15 @@ class ImageEncoder(nn.Module):
         vc = clip.config
         self.grid = vc.image_size // vc.patch_size
         self.image_size = vc.image_size
+        if cfg.conv_widths and 2 ** len(cfg.conv_widths) != vc.patch_size:
+            raise ValueError(f"{len(cfg.conv_widths)} conv stages do not land on the {vc.patch_size} px patch grid")
+        self.conv = ConvBranch(cfg.conv_widths, vc.projection_dim) if cfg.conv_widths else None
         self._frozen: list[nn.Module] = []
         self.freeze(cfg.freeze_layers, cfg.freeze_projection)
 
     def freeze(self, n_layers: int, projection: bool) -> None:
-        """Freeze the first ``n_layers`` of [embeddings + pre-LN, block 0, ...] and, if asked, the output head."""
+        """Freeze the first ``n_layers`` of [embeddings + pre-LN, block 0, ...] and, if asked, the output head; the conv
+        branch freezes only with every stage."""
         vm = self.clip.vision_model
         stages: list[nn.Module] = [nn.ModuleList([vm.embeddings, vm.pre_layrnorm]), *vm.encoder.layers]
         head = nn.ModuleList([vm.post_layernorm, self.clip.visual_projection])
@@ -34,6 +42,10 @@ class ImageEncoder(nn.Module):
             p.requires_grad_(True)
         for module in self._frozen:
             module.requires_grad_(False)
+        if self.conv is not None:
+            self.conv.requires_grad_(n_layers <= len(vm.encoder.layers))
+            if n_layers > len(vm.encoder.layers):
+                self._frozen.append(self.conv)
         self.train(self.training)
 
     def freeze_all(self) -> None:
@@ -55,7 +67,11 @@ class ImageEncoder(nn.Module):
         hidden = self.clip.vision_model(pixel_values=images.expand(-1, 3, -1, -1)).last_hidden_state
         tokens = self.clip.visual_projection(self.clip.vision_model.post_layernorm(hidden))
         n = images.shape[0]
-        return tokens[:, 1:].reshape(n, self.grid, self.grid, -1), self.positions(), tokens[:, 0]
+        patches, glob = tokens[:, 1:].reshape(n, self.grid, self.grid, -1), tokens[:, 0]
+        if self.conv is not None:
+            local, mean = self.conv(images)
+            patches, glob = patches + local, glob + mean
+        return patches, self.positions(), glob
 
 
 def normalize(images: Tensor, cfg: ImageEncoderConfig) -> Tensor:

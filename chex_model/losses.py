@@ -1,5 +1,6 @@
-"""Loss terms as pure functions (the trainer weights and sums them): box matching + L1/gIoU, focal box scores,
-pathology and anatomy InfoNCE against positive / "No X" prompts, sentence and global contrastive, MSE."""
+"""Loss terms as pure functions (the trainer weights and sums them): box matching + L1/gIoU, focal box scores, dense
+grounding of the box queries' reference maps, pathology and anatomy InfoNCE against positive / "No X" prompts,
+sentence and global contrastive, MSE."""
 from __future__ import annotations
 
 import torch
@@ -70,6 +71,35 @@ def detection_losses(
     else:
         out["l1"] = out["giou"] = boxes.sum() * 0
     return out
+
+
+def cells_in_boxes(boxes: Tensor, grid_h: int, grid_w: int) -> Tensor:
+    """``(..., h * w)`` True where a patch cell's centre lies inside any of ``boxes (..., T, 4)`` (cx, cy, w, h), each
+    box widened to at least one cell so that a lesion smaller than a cell still marks the cell it lies in."""
+    xs = (torch.arange(grid_w, device=boxes.device, dtype=boxes.dtype) + 0.5) / grid_w
+    ys = (torch.arange(grid_h, device=boxes.device, dtype=boxes.dtype) + 0.5) / grid_h
+    inx = (xs - boxes[..., 0:1]).abs() <= boxes[..., 2:3].clamp(min=1 / grid_w) / 2  # (..., T, w)
+    iny = (ys - boxes[..., 1:2]).abs() <= boxes[..., 3:4].clamp(min=1 / grid_h) / 2  # (..., T, h)
+    return (iny[..., :, None] & inx[..., None, :]).flatten(-2).any(-2)
+
+
+def grounding_loss(logits: Tensor, targets: Tensor, target_mask: Tensor, prompt_mask: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Dense supervision of the box queries' reference maps: ``-log`` of the softmax mass that each query of a prompt
+    with targets puts on the cells inside its target boxes, averaged over those queries (prompts whose targets cover
+    no cell centre are skipped). ``logits (N, Q, M, h * w)``,
+    targets ``(N, Q, T, 4)`` with ``target_mask (N, Q, T)``, ``prompt_mask (N, Q)`` the supervised prompts.
+
+    A box's reference centre is the softmax-weighted mean of the cell centres, so this pulls it into the target box
+    however rare lesion cells are (a per-cell BCE is satisfied by calling every cell negative)."""
+    # a masked-out target becomes a box far outside the image, which contains no cell centre
+    boxes = torch.where(target_mask[..., None], targets.to(logits.dtype), torch.full_like(targets, -9.0, dtype=logits.dtype))
+    cells = cells_in_boxes(boxes, *grid)  # (N, Q, h * w)
+    inside = cells[:, :, None].expand_as(logits)
+    used = (prompt_mask & cells.any(-1))[:, :, None].expand(logits.shape[:3])  # e.g. not a box cropped off the image
+    if not used.any():
+        return logits.sum() * 0
+    log_mass = torch.logsumexp(logits.masked_fill(~inside, float("-inf")), dim=-1) - torch.logsumexp(logits, dim=-1)
+    return -log_mass[used].mean()
 
 
 def cosine_logits(features: Tensor, prompts: Tensor, temperature: float) -> Tensor:

@@ -78,6 +78,10 @@ def multitask_losses(model: ChEX, batch: Batch, region_encoding: str = "prompts"
         cls_prob = _prompt_class_probs(det.box_features, pos, neg)
         d = losses.detection_losses(det.boxes, det.box_scores, t.boxes, t.box_mask, supervised, cfg, cls_prob)
         out.update({f"patho_box_{k}": v for k, v in d.items()})
+        if det.reference_logits is not None:
+            out["patho_ground"] = losses.grounding_loss(
+                det.reference_logits, t.boxes, t.box_mask, supervised, feats.patches.shape[1:3]
+            )
         known = t.labels >= 0
         if known.any():
             n_cls = len(t.positive)
@@ -92,6 +96,11 @@ def multitask_losses(model: ChEX, batch: Batch, region_encoding: str = "prompts"
                 det.boxes, det.box_scores, t.boxes[:, :, None], t.present[:, :, None], torch.ones_like(t.present), cfg
             )
             out.update({f"anat_box_{k}": v for k, v in d.items()})
+            if det.reference_logits is not None:
+                out["anat_ground"] = losses.grounding_loss(
+                    det.reference_logits, t.boxes[:, :, None], t.present[:, :, None], torch.ones_like(t.present),
+                    feats.patches.shape[1:3],
+                )
             features = det.features
         elif region_encoding == "boxes":
             features = model.encode_boxes(feats, t.boxes, t.present)

@@ -28,9 +28,14 @@ STATE_FILE = "pipeline_state.json"
 
 @dataclass
 class SynthSettings:
+    """:class:`preprocessing.synth.generate.SynthConfig`'s knobs; ``None`` sizes follow the MIMIC study count."""
+
     studies: int = 24
     seed: int = 0
     image_scale: float = 1.0
+    vindr_train: int | None = None
+    vindr_test: int | None = None
+    nih_images: int | None = None
 
 
 @dataclass

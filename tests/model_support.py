@@ -85,7 +85,7 @@ def phantom_batch(seed: int = 3) -> Batch:
 WEIGHTS = {  # the reference's relative box / score weights; the squared-error terms scaled down as its stages do
     "patho_box_l1": 5.0, "patho_box_giou": 2.0, "patho_box_score": 3.0, "patho_cls": 1.0, "anat_box_l1": 5.0,
     "anat_box_giou": 2.0, "anat_box_score": 1.0, "anat_cls": 1.0, "anat_mse": 0.04, "anat_gen": 1.0, "sent_contr": 0.2,
-    "sent_mse": 0.02, "global_contr": 0.2, "sent_gen": 0.5,
+    "sent_mse": 0.02, "global_contr": 0.2, "sent_gen": 0.5, "patho_ground": 5.0, "anat_ground": 5.0,
 }
 
 

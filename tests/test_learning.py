@@ -15,7 +15,6 @@ def test_tiny_model_reproduces_sentences_and_cuts_box_l1(trained_tiny) -> None:
     final = anatomy_box_l1(model, batch)
     assert initial / final >= 5, (initial, final)
     assert history[-1]["anat_gen"] < 0.1 * history[0]["anat_gen"]
-    assert history[-1]["anat_cls"] < 0.5 * history[0]["anat_cls"]
     with torch.no_grad():
         feats = model.encode_image(normalize(batch.images, model.cfg.image))
         rois = model.encode_boxes(feats, batch.anatomy.boxes)
@@ -35,12 +34,13 @@ def test_every_loss_term_is_finite_and_falls() -> None:
     assert set(history[0]) == {
         "patho_box_l1", "patho_box_giou", "patho_box_score", "patho_cls", "anat_box_l1", "anat_box_giou",
         "anat_box_score", "anat_cls", "anat_mse", "anat_gen", "sent_contr", "sent_mse", "global_contr", "sent_gen",
+        "patho_ground", "anat_ground",  # the tiny preset's box_reference
     }
     assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in history)
     early = {k: sum(h[k] for h in history[:4] if k in h) / 4 for k in history[0]}
     late = {k: sum(h[k] for h in history[-4:] if k in h) / 4 for k in history[0]}
     for key, factor in (("patho_box_l1", 0.7), ("patho_cls", 0.85), ("anat_gen", 0.7), ("sent_gen", 0.7),
-                        ("sent_mse", 0.7), ("anat_box_l1", 0.7)):
+                        ("sent_mse", 0.7), ("anat_box_l1", 0.7), ("patho_ground", 0.7), ("anat_ground", 0.7)):
         assert late[key] < factor * early[key], (key, early[key], late[key])
 
 

@@ -76,7 +76,7 @@ def test_frozen_parameters_get_no_gradient_and_run_in_eval_mode() -> None:
     enc = model.image_encoder.clip.vision_model
     frozen = [enc.embeddings, enc.pre_layrnorm, enc.encoder.layers[0], enc.post_layernorm, model.image_encoder.clip.visual_projection]
     assert all(not m.training for m in frozen + [model.prompt_encoder.text])
-    assert enc.encoder.layers[1].training and model.detector.training
+    assert enc.encoder.layers[1].training and model.detector.training and model.image_encoder.conv.training
     batch = phantom_batch()
     from chex_model.multitask import multitask_losses
 
@@ -88,9 +88,35 @@ def test_frozen_parameters_get_no_gradient_and_run_in_eval_mode() -> None:
         if is_frozen:
             assert p.grad is None, name
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
-    for prefix in ("image_encoder.clip.vision_model.encoder.layers.1.", "detector.layers.0.", "detector.box_head",
+    for prefix in ("image_encoder.clip.vision_model.encoder.layers.1.", "image_encoder.conv.stages.0.", "detector.layers.0.",
+                   "detector.box_head",
                    "post_decoder.gate", "generator.prefix.", "generator.lm.transformer.h.0."):
         assert any(n.startswith(prefix) and g is not None and g.abs().sum() > 0 for n, g in grads.items()), prefix
+    model.image_encoder.freeze_all()
+    assert not model.image_encoder.conv.training
+    assert not any(p.requires_grad for p in model.image_encoder.parameters())
+
+
+def test_conv_branch_lands_on_the_patch_grid_and_is_translation_equivariant() -> None:
+    """The branch adds local features cell by cell: a lesion moved by one patch moves its features by one cell."""
+    from chex_model.conv_branch import ConvBranch
+    from infra.config import ConfigError
+
+    torch.manual_seed(0)
+    branch = ConvBranch([8, 8, 16, 16], 12).eval()
+    image = torch.zeros(1, 1, 256, 256)
+    image[..., 112:128, 104:128] = 1.0  # 91 px receptive field: its influence stays clear of the zero-padded border
+    shifted = torch.roll(image, shifts=(16, 16), dims=(2, 3))
+    with torch.no_grad():
+        (a, mean_a), (b, _) = branch(image), branch(shifted)
+    assert a.shape == (1, 16, 16, 12) and mean_a.shape == (1, 12)
+    torch.testing.assert_close(mean_a, a.mean(dim=(1, 2)))
+    torch.testing.assert_close(a[0, 3:12, 3:12], b[0, 4:13, 4:13], rtol=0, atol=1e-5)  # cells clear of the padding
+    assert not torch.allclose(a[0, 7, 7], b[0, 7, 7])
+    cfg = dataclasses.asdict(tiny_config())
+    cfg["image"]["conv_widths"] = [16, 32]
+    with pytest.raises(ConfigError, match="conv_widths"):
+        ChexConfig.from_dict(cfg)
 
 
 def test_save_load_round_trip_gives_identical_outputs(model, feats, tmp_path) -> None:

@@ -106,9 +106,16 @@ def test_shipped_pipeline_configs_load():
     from pipelines.workflow import PipelineConfig
     from infra.config import load_config
 
+    from dataclasses import asdict
+
+    from preprocessing.synth.generate import SynthConfig
+
     demo = load_config(PipelineConfig, REPO / "configs/pipeline/demo.yaml")
     paper = load_config(PipelineConfig, REPO / "configs/pipeline/paper.yaml")
     assert demo.raw == "" and paper.raw and paper.train.endswith("paper.yaml")
+    synth = SynthConfig(**asdict(demo.synth))  # as the synth stage builds it
+    vindr_train, vindr_test, nih = synth.counts()
+    assert vindr_train == demo.synth.vindr_train and vindr_test == demo.synth.studies // 4 and nih == demo.synth.studies // 2
 
 
 def test_kuberay_rayjob_runs_the_paper_pipeline_on_gpu_workers():

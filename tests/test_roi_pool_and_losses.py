@@ -127,3 +127,66 @@ def test_contrastive_ignores_duplicate_texts_as_negatives() -> None:
     sym = losses.contrastive(a, b, 0.5, symmetric=True).item()
     assert sym == pytest.approx((F.cross_entropy(torch.tensor(logits), torch.arange(4)) +
                                  F.cross_entropy(torch.tensor(logits.T), torch.arange(4))).item() / 2, rel=1e-5)
+
+
+def test_cells_in_boxes_against_a_loop_and_tiny_boxes_keep_their_cell() -> None:
+    rng = np.random.default_rng(0)
+    gh, gw = 6, 8
+    boxes = torch.tensor(rng.uniform([0.1, 0.1, 0.01, 0.01], [0.9, 0.9, 0.6, 0.6], size=(5, 3, 4)), dtype=torch.float64)
+    got = losses.cells_in_boxes(boxes, gh, gw).numpy()
+    for i in range(5):
+        for cell in range(gh * gw):
+            y, x = (cell // gw + 0.5) / gh, (cell % gw + 0.5) / gw
+            want = any(abs(x - cx) <= max(w, 1 / gw) / 2 and abs(y - cy) <= max(h, 1 / gh) / 2
+                       for cx, cy, w, h in boxes[i].tolist())
+            assert got[i, cell] == want, (i, cell)
+    tiny = losses.cells_in_boxes(torch.tensor([[[0.33, 0.71, 0.01, 0.01]]]), gh, gw)[0]
+    assert tiny.nonzero().flatten().tolist() == [4 * gw + 2]  # row 4 (0.71 * 6), column 2 (0.33 * 8)
+
+
+def test_grounding_loss_is_the_log_softmax_mass_inside_the_targets() -> None:
+    from scipy.special import logsumexp
+
+    torch.manual_seed(0)
+    n, q, m, gh, gw = 2, 3, 2, 4, 4
+    logits = torch.randn(n, q, m, gh * gw, dtype=torch.float64)
+    targets = torch.tensor([[[[0.3, 0.3, 0.4, 0.4], [0.8, 0.8, 0.2, 0.2]]] * q] * n, dtype=torch.float64)
+    target_mask = torch.tensor([[[True, True], [True, False], [False, False]], [[False, True], [True, True], [True, True]]])
+    prompt_mask = torch.tensor([[True, True, True], [True, False, True]])
+    got = losses.grounding_loss(logits, targets, target_mask, prompt_mask, (gh, gw))
+    cells = [((c % gw + 0.5) / gw, (c // gw + 0.5) / gh) for c in range(gh * gw)]
+    terms = []
+    for i in range(n):
+        for j in range(q):
+            kept = [b for b, keep in zip(targets[i, j].tolist(), target_mask[i, j]) if keep]
+            if not prompt_mask[i, j] or not kept:
+                continue
+            inside = [any(abs(x - cx) <= max(w, 1 / gw) / 2 and abs(y - cy) <= max(h, 1 / gh) / 2 for cx, cy, w, h in kept)
+                      for x, y in cells]
+            for k in range(m):
+                row = logits[i, j, k].numpy()
+                terms.append(logsumexp(row) - logsumexp(row[np.array(inside)]))
+    assert len(terms) == 4 * m  # (0, 0), (0, 1), (1, 0), (1, 2): the prompts that are supervised and have a target
+    assert got.item() == pytest.approx(np.mean(terms), rel=1e-12)
+    assert losses.grounding_loss(logits, targets, target_mask, torch.zeros_like(prompt_mask), (gh, gw)).item() == 0.0
+    off_image = targets.clone()
+    off_image[0, 1, 0] = torch.tensor([-0.2, 0.5, 0.1, 0.1])  # prompt (0, 1)'s only target covers no cell
+    skipped = losses.grounding_loss(logits, off_image, target_mask, prompt_mask, (gh, gw))
+    assert skipped.item() == pytest.approx(np.mean(terms[:m] + terms[2 * m:]), rel=1e-12)
+    sharp = torch.full_like(logits, -30.0)
+    sharp[0, ..., 5] = 30.0  # image 0's queries on cell (1, 1), inside the first target box (0.1-0.5)
+    sharp[1, ..., 15] = 30.0  # image 1's on cell (3, 3), inside the second (0.7-0.9)
+    assert losses.grounding_loss(sharp, targets, target_mask, prompt_mask, (gh, gw)).item() < 1e-12
+
+
+def test_reference_centres_are_the_attention_weighted_cell_centres() -> None:
+    from chex_model.detector import PromptDetector
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 3 * 4, dtype=torch.float64)
+    got = PromptDetector.reference(logits, (3, 4)).numpy()
+    w = np.exp(logits.numpy())
+    w /= w.sum(-1, keepdims=True)
+    cells = [((c % 4 + 0.5) / 4, (c // 4 + 0.5) / 3) for c in range(12)]
+    want = np.einsum("nlc,ck->nlk", w, np.array(cells))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
