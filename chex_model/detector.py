@@ -52,7 +52,8 @@ class PromptDetector(nn.Module):
         self.score_head = mlp(d, d, 1, dropout)
         if cfg.box_reference:
             self.ref_query = nn.Linear(d, d)
-            self.ref_key = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))
+            # no key biases: a shift shared by all cells cancels in the softmax, so they would only collect float noise
+            self.ref_key = nn.Sequential(nn.LayerNorm(d, bias=False), nn.Linear(d, d, bias=False))
 
     def forward(self, patches: Tensor, pos: Tensor, prompts: Tensor, mask: Tensor) -> Detections:
         n, q, d = prompts.shape

@@ -85,9 +85,9 @@ def cells_in_boxes(boxes: Tensor, grid_h: int, grid_w: int) -> Tensor:
 
 def grounding_loss(logits: Tensor, targets: Tensor, target_mask: Tensor, prompt_mask: Tensor, grid: tuple[int, int]) -> Tensor:
     """Dense supervision of the box queries' reference maps: ``-log`` of the softmax mass that each query of a prompt
-    with targets puts on the cells inside its target boxes, averaged over those queries (prompts whose targets cover
-    no cell centre are skipped). ``logits (N, Q, M, h * w)``,
-    targets ``(N, Q, T, 4)`` with ``target_mask (N, Q, T)``, ``prompt_mask (N, Q)`` the supervised prompts.
+    with targets puts on the cells inside its target boxes, averaged over those queries; prompts whose targets cover
+    no cell centre are skipped. Shapes: ``logits (N, Q, M, h * w)``, targets ``(N, Q, T, 4)`` with ``target_mask
+    (N, Q, T)``, ``prompt_mask (N, Q)`` the supervised prompts.
 
     A box's reference centre is the softmax-weighted mean of the cell centres, so this pulls it into the target box
     however rare lesion cells are (a per-cell BCE is satisfied by calling every cell negative)."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -15,6 +16,7 @@ def test_tiny_model_reproduces_sentences_and_cuts_box_l1(trained_tiny) -> None:
     final = anatomy_box_l1(model, batch)
     assert initial / final >= 5, (initial, final)
     assert history[-1]["anat_gen"] < 0.1 * history[0]["anat_gen"]
+    assert history[-1]["anat_cls"] < 0.5 * math.log(2)  # ln 2: "X" and "No X" equally likely, i.e. nothing learned
     with torch.no_grad():
         feats = model.encode_image(normalize(batch.images, model.cfg.image))
         rois = model.encode_boxes(feats, batch.anatomy.boxes)

@@ -171,8 +171,11 @@ def test_grounding_loss_is_the_log_softmax_mass_inside_the_targets() -> None:
     assert losses.grounding_loss(logits, targets, target_mask, torch.zeros_like(prompt_mask), (gh, gw)).item() == 0.0
     off_image = targets.clone()
     off_image[0, 1, 0] = torch.tensor([-0.2, 0.5, 0.1, 0.1])  # prompt (0, 1)'s only target covers no cell
-    skipped = losses.grounding_loss(logits, off_image, target_mask, prompt_mask, (gh, gw))
+    leaf = logits.clone().requires_grad_()
+    skipped = losses.grounding_loss(leaf, off_image, target_mask, prompt_mask, (gh, gw))
     assert skipped.item() == pytest.approx(np.mean(terms[:m] + terms[2 * m:]), rel=1e-12)
+    skipped.backward()  # rows without a target cell go through logsumexp(-inf ...) and must not leak NaN
+    assert torch.isfinite(leaf.grad).all() and leaf.grad[0, 1].abs().sum() == 0 and leaf.grad[0, 0].abs().sum() > 0
     sharp = torch.full_like(logits, -30.0)
     sharp[0, ..., 5] = 30.0  # image 0's queries on cell (1, 1), inside the first target box (0.1-0.5)
     sharp[1, ..., 15] = 30.0  # image 1's on cell (3, 3), inside the second (0.7-0.9)
