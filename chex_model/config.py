@@ -89,6 +89,7 @@ class GeneratorConfig:
     prefix_dropout: float = 0.3
     max_length: int = 128
     max_sentences: int = 32  # at most this many ROI tokens get a language-model loss per call
+    no_repeat_ngram: int = 0  # decoding: no n-gram of this size twice in one text (0 = off, as the reference)
 
 
 @dataclass

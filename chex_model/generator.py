@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import DynamicCache, GPT2LMHeadModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, GPT2LMHeadModel, NoRepeatNGramLogitsProcessor, PreTrainedTokenizerBase
 
 from chex_model.config import GeneratorConfig
 from chex_model.layers import mlp
@@ -53,6 +53,7 @@ class SentenceGenerator(nn.Module):
         if self.eos_id is None:
             raise ValueError("the language-model tokenizer needs an end-of-text token")
         self.max_length = min(cfg.max_length, c.n_positions)
+        self.no_repeat = NoRepeatNGramLogitsProcessor(cfg.no_repeat_ngram) if cfg.no_repeat_ngram > 0 else None
 
     def _cache(self, features: Tensor) -> DynamicCache:
         return DynamicCache(ddp_cache_data=self.prefix(features), config=self.lm.config)
@@ -94,29 +95,32 @@ class SentenceGenerator(nn.Module):
         tokens = self._beam(features, steps, num_beams) if num_beams > 1 else self._greedy(features, steps)
         return [s.strip() for s in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
-    def _step(self, ids: Tensor, cache: DynamicCache, step: int, attn_len: int) -> tuple[Tensor, DynamicCache]:
+    def _step(self, ids: Tensor, history: Tensor, cache: DynamicCache, step: int, attn_len: int) -> tuple[Tensor, DynamicCache]:
+        """Next-token logits after ``history`` (``bos`` + tokens so far; its last column is ``ids``), with the
+        repetition guard's banned tokens at -inf."""
         b = ids.shape[0]
         out = self.lm(
             input_ids=ids, cache=cache, use_cache=True,
             attention_mask=torch.ones(b, attn_len, dtype=torch.long, device=ids.device),
             position_ids=torch.full((b, 1), step, dtype=torch.long, device=ids.device),
         )
-        return out.logits[:, -1].float(), out.cache
+        logits = out.logits[:, -1].float()
+        return (self.no_repeat(history, logits) if self.no_repeat is not None else logits), out.cache
 
     def _greedy(self, features: Tensor, steps: int) -> list[list[int]]:
         b, p = features.shape[0], self.cfg.prefix_length
         cache = self._cache(features)
         ids = torch.full((b, 1), self.bos_id, dtype=torch.long, device=features.device)
+        history = ids
         done = torch.zeros(b, dtype=torch.bool, device=features.device)
-        out: list[Tensor] = []
         for step in range(steps):
-            logits, cache = self._step(ids, cache, step, p + step + 1)
+            logits, cache = self._step(ids, history, cache, step, p + step + 1)
             ids = logits.argmax(-1, keepdim=True).masked_fill(done[:, None], self.eos_id)
-            out.append(ids)
+            history = torch.cat((history, ids), dim=1)
             done |= ids[:, 0] == self.eos_id
             if done.all():
                 break
-        seq = torch.cat(out, dim=1).tolist()
+        seq = history[:, 1:].tolist()
         return [row[: row.index(self.eos_id)] if self.eos_id in row else row for row in seq]
 
     def _beam(self, features: Tensor, steps: int, k: int) -> list[list[int]]:
@@ -131,7 +135,8 @@ class SentenceGenerator(nn.Module):
         lengths = torch.zeros(b * k, device=dev)
         seqs = torch.zeros(b * k, 0, dtype=torch.long, device=dev)
         for step in range(steps):
-            logits, cache = self._step(ids, cache, step, p + step + 1)
+            history = torch.cat((torch.full_like(ids, self.bos_id), seqs), dim=1)
+            logits, cache = self._step(ids, history, cache, step, p + step + 1)
             logp = torch.log_softmax(logits, dim=-1)
             logp[done] = float("-inf")
             logp[done, self.eos_id] = 0.0

@@ -37,11 +37,23 @@ class AnatomyTargets:
 
 
 @dataclass
+class FindingTargets:
+    """What each image's report says about chosen pathology queries (the `patho_gen` term, our addition), decoded
+    from the post-decoded ROI tokens, as the full report decodes them."""
+
+    prompts: list[str]  # K pathology query prompts
+    image: Tensor  # (P,) image index of each target
+    query: Tensor  # (P,) query index of each target
+    texts: list[str]  # P target texts; "" = the report does not mention the query's condition
+
+
+@dataclass
 class Batch:
     images: Tensor  # (N, 1, S, S) in [0, 1]
     pathology: PathologyTargets | None = None
     anatomy: AnatomyTargets | None = None
     sentences: list[list[str]] | None = None  # report sentences per image
+    findings: FindingTargets | None = None
 
 
 def _prompt_class_probs(box_features: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
@@ -137,4 +149,9 @@ def multitask_losses(model: ChEX, batch: Batch, region_encoding: str = "prompts"
             )
         if generate:
             out["sent_gen"] = model.generator.loss(region, flat)
+    if generate and batch.findings is not None:
+        t = batch.findings
+        features = model.detect(feats, model.encode_prompts(t.prompts)).features
+        rois = features[t.image.to(features.device), t.query.to(features.device)]
+        out["patho_gen"] = model.generator.loss(rois, t.texts)
     return out

@@ -395,13 +395,18 @@ class RuleLabeler:
         codes[lo] = max(codes[lo], codes[cons], key=_RANK.__getitem__)
         return codes
 
-    def label(self, texts: Sequence[str]) -> np.ndarray:
-        """Codes (len(texts), 14), each text aggregated over its sentences (positive > uncertain > negative)."""
+    def mentions(self, texts: Sequence[str]) -> np.ndarray:
+        """Codes (len(texts), 14) of what each text mentions, aggregated over its sentences (positive > uncertain >
+        negative), before the No Finding rule: a text that mentions nothing stays all blank."""
         out = np.zeros((len(texts), len(CONDITIONS)), np.int8)
         for row, doc in enumerate(self._nlp.pipe((t or "" for t in texts), batch_size=self.batch_size)):
             for sent in self._sentences(doc):
                 out[row] = strongest(out[row], self._label_sentence(sent))
-        return with_no_finding(out)
+        return out
+
+    def label(self, texts: Sequence[str]) -> np.ndarray:
+        """Codes (len(texts), 14): :meth:`mentions` with No Finding set from the findings."""
+        return with_no_finding(self.mentions(texts))
 
 
 def load_labeler(spec: str | None) -> Labeler:

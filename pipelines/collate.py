@@ -10,6 +10,7 @@ import torch
 
 from chex_model.multitask import AnatomyTargets, Batch, PathologyTargets
 from chex_model.prompts import anatomy_prompts, cig_finding_prompts, vindr_prompts
+from pipelines.finding_text import finding_targets
 from pipelines.train_data import FINDINGS, PATHOLOGIES, REGIONS
 
 
@@ -59,4 +60,5 @@ def collate(batch: dict[str, np.ndarray], rng: np.random.Generator, pathology_cl
     sentences = [t["sentences"][:max_sentences] for t in texts]
     if any(sentences):
         out.sentences = sentences
+    out.findings = finding_targets([t["sentences"] for t in texts], rng)
     return out

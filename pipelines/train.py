@@ -81,13 +81,13 @@ def _run_stage(cfg: TrainConfig, stage: StageConfig, init_model: Path, parent_ru
     exclude = ms_cxr_image_ids(tables) if cfg.data.exclude_ms_cxr else set()
     train_ds, info = build_dataset(tables, "train", size, cfg.data.augment, cfg.data.seed, cfg.data.vindr_factor, exclude,
                                    reproducible_augment=cfg.data.reproducible, cache_rows=cfg.data.cache_rows,
-                                   sources=tuple(stage.sources))
+                                   sources=tuple(stage.sources), frontal_only=cfg.data.frontal_only)
     if stage.epochs > 0:
         per_epoch = info["counts"]["mimic_cxr"] + info["counts"]["vindr_cxr"] * info["vindr_factor"]
         stage = replace(stage, steps=epoch_steps(round(stage.epochs * per_epoch), cfg.batch_size))
     # small and fixed: computed once here, so the workers only fetch blocks
     val_ds = build_dataset(tables, "val", size, None, cfg.data.seed, 1, exclude, limit=cfg.data.val_fraction_cap,
-                           sources=tuple(stage.sources))[0].materialize()
+                           sources=tuple(stage.sources), frontal_only=cfg.data.frontal_only)[0].materialize()
     workdir = Path(cfg.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     tags = {**code_tags(), "stage": stage.name, "vindr_factor": str(info["vindr_factor"])}

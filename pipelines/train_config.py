@@ -24,6 +24,7 @@ class DataConfig:
     image_size: int = 0  # model input side; 0 = the model's own
     vindr_factor: int = 0  # VinDr copies per epoch; 0 = round(N_mimic / N_vindr)
     exclude_ms_cxr: bool = True  # keep MS-CXR evaluation images out of MIMIC training (reference: False)
+    frontal_only: bool = True  # MIMIC-CXR PA / AP views only, as the reference trains (its datasets are tagged frontal)
     pathology_classes: int = 10  # class queries kept per step (reference subsample 10)
     anatomy_regions: int = 20  # anatomy queries kept per step (reference subsample 20)
     max_sentences: int = 8  # report sentences per image used as prompts per step

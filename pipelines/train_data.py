@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.augment import AugmentConfig, flip_region, photometric, sample_transform, swap_left_right, warp_boxes, warp_image
-from preprocessing.classes import CIG_ANATOMICAL_FINDINGS_43, CIG_ANATOMY_29, CIG_DISEASES_10, VINDR_LOCAL_22
+from preprocessing.classes import CIG_ANATOMICAL_FINDINGS_43, CIG_ANATOMY_29, CIG_DISEASES_10, FRONTAL_VIEWS, VINDR_LOCAL_22
 from preprocessing.image_io import decode_png
 
 REGIONS = CIG_ANATOMY_29
@@ -137,30 +137,36 @@ COLUMNS = ["sample_id", "source", "image_png", "labels", "boxes", "region_boxes"
            "report_sentences"]
 
 
-def read_table_file(batch, columns: list[str], exclude_ids: list[str], factors: dict[str, int]):
+def read_table_file(batch, columns: list[str], exclude_ids: list[str], factors: dict[str, int], frontal_only: bool = False):
     """``map_batches`` body: each input row names one Parquet file of one source; returns its rows (projected to
-    ``columns``) without excluded image ids, tagged with the source, VinDr rows repeated ``factors[source]`` times."""
+    ``columns``) without excluded image ids (and, with ``frontal_only``, without lateral MIMIC-CXR views), tagged
+    with the source, VinDr rows repeated ``factors[source]`` times."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     parts = []
     for path, source in zip(batch["path"].to_pylist(), batch["source"].to_pylist()):
-        table = pq.read_table(path, columns=columns + ["image_id"])
+        table = pq.read_table(path, columns=columns + ["image_id", "view_position"])
         if exclude_ids and source == "mimic_cxr":
             table = table.filter(pc.invert(pc.is_in(table["image_id"], value_set=pa.array(exclude_ids, pa.string()))))
-        table = table.drop_columns(["image_id"]).append_column("source", pa.array([source] * len(table), pa.string()))
+        if frontal_only and source == "mimic_cxr":
+            table = table.filter(pc.is_in(table["view_position"], value_set=pa.array(sorted(FRONTAL_VIEWS), pa.string())))
+        table = table.drop_columns(["image_id", "view_position"]).append_column("source", pa.array([source] * len(table), pa.string()))
         parts.append(repeat_rows(table.append_column("copy", pa.array([0] * len(table), pa.int64())), factors.get(source, 1)))
     return pa.concat_tables(parts)
 
 
-def _count_rows(paths: list[str], exclude_ids: set[str] | None, limit: int) -> int:
+def _count_rows(paths: list[str], exclude_ids: set[str] | None, limit: int, frontal_only: bool = False) -> int:
     """Rows the dataset will yield, from the Parquet files on the driver (no Ray Data execution)."""
     import polars as pl
 
-    ids = pl.read_parquet(paths, columns=["image_id"])["image_id"]
-    n = int((~ids.is_in(sorted(exclude_ids))).sum()) if exclude_ids else len(ids)
-    return min(n, limit) if limit else n
+    frame = pl.read_parquet(paths, columns=["image_id", "view_position"])
+    if exclude_ids:
+        frame = frame.filter(~pl.col("image_id").is_in(sorted(exclude_ids)))
+    if frontal_only:
+        frame = frame.filter(pl.col("view_position").is_in(sorted(FRONTAL_VIEWS)))
+    return min(len(frame), limit) if limit else len(frame)
 
 
 def ms_cxr_image_ids(tables: Path) -> set[str]:
@@ -173,10 +179,11 @@ def ms_cxr_image_ids(tables: Path) -> set[str]:
 
 def build_dataset(tables: Path, split: str, size: int, augment: AugmentConfig | None, seed: int, vindr_factor: int = 0,
                   exclude_ids: set[str] | None = None, limit: int = 0, reproducible_augment: bool = True,
-                  cache_rows: bool = False, sources: tuple[str, ...] = TRAIN_SOURCES):
+                  cache_rows: bool = False, sources: tuple[str, ...] = TRAIN_SOURCES, frontal_only: bool = False):
     """A Ray Dataset of encoded samples for ``split`` (MIMIC-CXR + VinDr-CXR; VinDr repeated on the train split),
     and a summary ``{"counts": rows per source before oversampling, "vindr_factor": k}``. ``sources`` picks the
-    tables (stages after detection use MIMIC-CXR only); ``limit`` caps each source at its share.
+    tables (stages after detection use MIMIC-CXR only); ``limit`` caps each source at its share; ``frontal_only``
+    drops lateral MIMIC-CXR views (the reference trains on frontal images only).
 
     The train split's blocks come in a seeded random order; the workers add a local shuffle per epoch (cheaper
     than a global all-to-all shuffle, and different every epoch). ``cache_rows`` keeps the read (still
@@ -187,7 +194,8 @@ def build_dataset(tables: Path, split: str, size: int, augment: AugmentConfig | 
     files, counts = {}, {}
     for source in TRAIN_SOURCES:
         paths = table_paths(tables, source, split) if source in sources else []
-        counts[source] = _count_rows(paths, exclude_ids if source == "mimic_cxr" else None, 0) if paths else 0
+        mimic = source == "mimic_cxr"
+        counts[source] = _count_rows(paths, exclude_ids if mimic else None, 0, frontal_only and mimic) if paths else 0
         if paths:
             files[source] = [{"path": p, "source": source} for p in paths]
     if not files:
@@ -196,7 +204,7 @@ def build_dataset(tables: Path, split: str, size: int, augment: AugmentConfig | 
     # file listing on the driver and one read task per file: Ray Data's generic Parquet datasource costs seconds of
     # fixed overhead per execution here, which every epoch would pay again
     kwargs = {"columns": [c for c in COLUMNS if c != "source"], "exclude_ids": sorted(exclude_ids or ()),
-              "factors": {"vindr_cxr": factor}}
+              "factors": {"vindr_cxr": factor}, "frontal_only": frontal_only}
     parts = [ray.data.from_items(items).map_batches(read_table_file, batch_size=1, batch_format="pyarrow", fn_kwargs=kwargs)
              for items in files.values()]
     if limit:  # each source its share, so a capped val set still holds every kind of supervision

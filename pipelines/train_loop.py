@@ -86,7 +86,7 @@ def weighted_loss(losses: dict[str, torch.Tensor], weights: dict[str, float]) ->
 def _batch_to(batch: Batch, device: torch.device, dtype: torch.dtype) -> Batch:
     """Images in the engine's dtype; every target tensor on the device (strings and nested lists stay)."""
     batch.images = batch.images.to(device, dtype)
-    for targets in (batch.pathology, batch.anatomy):
+    for targets in (batch.pathology, batch.anatomy, batch.findings):
         if targets is not None:
             for name, value in vars(targets).items():
                 if isinstance(value, torch.Tensor):

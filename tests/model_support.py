@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from chex_model.config import preset
-from chex_model.multitask import AnatomyTargets, Batch, PathologyTargets
+from chex_model.multitask import AnatomyTargets, Batch, FindingTargets, PathologyTargets
 from chex_model.prompts import cig_finding_prompts
 from preprocessing.synth.phantom import Lesion, render_frontal
 
@@ -79,13 +79,24 @@ def phantom_batch(seed: int = 3) -> Batch:
                                [prompts[f][0] for f in FINDINGS], [prompts[f][1] for f in FINDINGS],
                                [[[t] if t else [] for t in row] for row in texts]),
         sentences=[[t for t in row if t][:3] for row in texts],
+        findings=_finding_targets(),
     )
+
+
+def _finding_targets() -> FindingTargets:
+    """Every (image, class) pair: the lesion's first sentence where the class is present, silence where absent."""
+    said = {CLASS_OF[kind]: text for (kind, _), text in reversed(TEXT_OF.items())}
+    pairs = [(i, k) for i in range(len(LESIONS)) for k in range(len(CLASSES))]
+    present = {(i, CLASS_OF[les.kind]) for i, lesions in enumerate(LESIONS) for les in lesions}
+    return FindingTargets([p for p, _ in CLASSES], torch.tensor([i for i, _ in pairs]), torch.tensor([k for _, k in pairs]),
+                          [said[k] if (i, k) in present else "" for i, k in pairs])
 
 
 WEIGHTS = {  # the reference's relative box / score weights; the squared-error terms scaled down as its stages do
     "patho_box_l1": 5.0, "patho_box_giou": 2.0, "patho_box_score": 3.0, "patho_cls": 1.0, "anat_box_l1": 5.0,
     "anat_box_giou": 2.0, "anat_box_score": 1.0, "anat_cls": 1.0, "anat_mse": 0.04, "anat_gen": 1.0, "sent_contr": 0.2,
     "sent_mse": 0.02, "global_contr": 0.2, "sent_gen": 0.5, "patho_ground": 5.0, "anat_ground": 5.0,
+    "patho_gen": 1.0,
 }
 
 

@@ -37,12 +37,14 @@ def test_every_loss_term_is_finite_and_falls() -> None:
         "patho_box_l1", "patho_box_giou", "patho_box_score", "patho_cls", "anat_box_l1", "anat_box_giou",
         "anat_box_score", "anat_cls", "anat_mse", "anat_gen", "sent_contr", "sent_mse", "global_contr", "sent_gen",
         "patho_ground", "anat_ground",  # the tiny preset's box_reference
+        "patho_gen",
     }
     assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in history)
     early = {k: sum(h[k] for h in history[:4] if k in h) / 4 for k in history[0]}
     late = {k: sum(h[k] for h in history[-4:] if k in h) / 4 for k in history[0]}
     for key, factor in (("patho_box_l1", 0.7), ("patho_cls", 0.85), ("anat_gen", 0.7), ("sent_gen", 0.7),
-                        ("sent_mse", 0.7), ("anat_box_l1", 0.7), ("patho_ground", 0.7), ("anat_ground", 0.7)):
+                        ("sent_mse", 0.7), ("anat_box_l1", 0.7), ("patho_ground", 0.7), ("anat_ground", 0.7),
+                        ("patho_gen", 0.7)):
         assert late[key] < factor * early[key], (key, early[key], late[key])
 
 
@@ -80,3 +82,28 @@ def test_region_encoding_must_be_known() -> None:
     model = ChEX.build(tiny_config())
     with pytest.raises(ValueError, match="region_encoding"):
         multitask_losses(model, dataclasses.replace(phantom_batch(), pathology=None, sentences=None), region_encoding="x")
+
+
+def _repeats(seq: list[int], n: int) -> bool:
+    grams = [tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+def test_repetition_guard_blocks_repeated_ngrams_and_changes_nothing_before() -> None:
+    def generator(no_repeat: int):
+        torch.manual_seed(4)
+        cfg = tiny_config()
+        cfg.generator.no_repeat_ngram = no_repeat
+        return ChEX.build(cfg).eval().generator
+
+    plain, guarded = generator(0), generator(2)
+    feats = torch.randn(8, plain.prefix.net[0].in_features)
+    free = [[plain.bos_id, *row] for row in plain._greedy(feats, 24)]
+    held = [[guarded.bos_id, *row] for row in guarded._greedy(feats, 24)]
+    assert any(_repeats(row, 2) for row in free)  # the untrained model loops, so the guard has work to do
+    assert not any(_repeats(row, 2) for row in held)
+    for f, h in zip(free, held):
+        first = next((i for i in range(2, len(f) + 1) if _repeats(f[:i], 2)), len(f))
+        assert h[: first - 1] == f[: first - 1]  # identical up to the token that would have repeated a bigram
+    beams = [[guarded.bos_id, *row] for row in guarded._beam(feats, 24, 3)]
+    assert not any(_repeats(row, 2) for row in beams)

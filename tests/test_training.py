@@ -95,6 +95,19 @@ def test_vindr_is_oversampled_exactly_on_a_counted_epoch(ingested):
     assert sources.count("vindr_cxr") == (k + 2) * n_vindr
 
 
+def test_frontal_only_drops_lateral_mimic_views(ingested):
+    from pipelines.train_data import build_dataset, table_paths
+
+    tables, _ = ingested
+    views = pl.read_parquet(table_paths(tables, "mimic_cxr", "train"), columns=["sample_id", "view_position"])
+    frontal = set(views.filter(pl.col("view_position").is_in(["PA", "AP"]))["sample_id"])
+    assert 0 < len(frontal) < len(views)  # the synthetic studies have lateral views too
+    ds, info = build_dataset(tables, "train", 32, None, seed=1, frontal_only=True)
+    rows = ds.select_columns(["sample_id", "source"]).take_all()
+    assert {r["sample_id"] for r in rows if r["source"] == "mimic_cxr"} == frontal
+    assert info["counts"]["mimic_cxr"] == len(frontal) and any(r["source"] == "vindr_cxr" for r in rows)
+
+
 def test_two_workers_learn_and_stages_chain(ingested, ray_local, tmp_path):
     """Two DeepSpeed ZeRO-2 workers: validation loss falls from the step-0 baseline; both ranks' optimizer shards are in
     the checkpoint; the post-decoder stage starts from the detection export and changes only what it trains."""
