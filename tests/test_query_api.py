@@ -70,7 +70,9 @@ def test_report_filters_anatomy_by_positivity(trained_tiny) -> None:
     assert {s.query for s in everything.sentences} <= set(base["pathology"] + base["anatomy"])
     assert len([s for s in everything.sentences if s.kind == "anatomy"]) == 3
     none = model.report(batch.images[0, 0], PromptSet(**base, positivity=Positivity(["Effusion"], ["Normal"], 1.01)))
-    assert [s.kind for s in none.sentences] == ["pathology", "pathology"]
+    # pathology queries are always asked; one trained to stay silent about an absent finding adds no sentence
+    assert [(s.kind, s.query, s.sentence) for s in none.sentences] == [
+        ("pathology", "Pleural effusion", "Small right pleural effusion.")]
     default = model.report(batch.images[0, 0])
     assert all(s.abnormal >= 0.5 for s in default.sentences if s.kind == "anatomy")
     assert default.text == " ".join(s.sentence for s in default.sentences)
