@@ -26,6 +26,7 @@ from chex_model.detector import Detections, PromptDetector
 from chex_model.generator import SentenceGenerator
 from chex_model.image_encoder import ImageEncoder
 from chex_model.post_decoder import PostDecoder
+from chex_model.presence import CALIBRATION_FILE, pair_key, paired_margin
 from chex_model.prompt_encoder import PromptEncoder
 
 CONFIG_FILE, WEIGHTS_FILE, CLIP_DIR, LM_DIR = "config.json", "model.safetensors", "clip", "lm"
@@ -81,6 +82,8 @@ class ChEX(nn.Module):
         self.detector = PromptDetector(d, cfg.detector, cfg.dropout)
         self.post_decoder = PostDecoder(d, cfg.post_decoder, cfg.detector, cfg.dropout)
         self.generator = SentenceGenerator(backbones.lm, backbones.lm_tokenizer, d, cfg.generator)
+        # pair_key(pos, neg) -> (scale, shift) of the presence margin (chex_model/presence.py), fitted after training
+        self.presence_calibration: dict[str, tuple[float, float]] = {}
 
     # ---- construction and checkpoints -------------------------------------------------------------------------
     @classmethod
@@ -114,6 +117,7 @@ class ChEX(nn.Module):
         self.generator.tokenizer.save_pretrained(out / LM_DIR)
         (out / CONFIG_FILE).write_text(json.dumps({"format": FORMAT_VERSION, "chex": self.cfg.to_dict()}, indent=2))
         save_file(_unique_tensors(self), str(out / WEIGHTS_FILE), metadata={"format": "pt", "chex_format": str(FORMAT_VERSION)})
+        self.save_calibration(out)
 
     @classmethod
     def from_pretrained(cls, directory: Path | str, device: str | torch.device = "cpu") -> "ChEX":
@@ -138,6 +142,8 @@ class ChEX(nn.Module):
         untied = sorted(set(missing) - _shared_names(model))
         if untied or unexpected:
             raise ValueError(f"{src}: weights do not fit the config (missing {untied[:5]}, unexpected {unexpected[:5]})")
+        if (src / CALIBRATION_FILE).is_file():
+            model.presence_calibration = {k: (float(a), float(b)) for k, (a, b) in json.loads((src / CALIBRATION_FILE).read_text()).items()}
         return model.to(device).eval()
 
     @property
@@ -155,7 +161,8 @@ class ChEX(nn.Module):
 
     def detect(self, feats: ImageFeatures, prompts: Tensor, mask: Tensor | None = None, post_decoder: bool = True) -> Detections:
         """Prompt tokens ``(Q, d)`` (shared by all images) or ``(N, Q, d)`` -> detections; ``features`` are the ROI
-        tokens, refined by the post decoder when ``post_decoder`` (boxes and box scores never change)."""
+        tokens, refined by the post decoder when ``post_decoder`` (boxes and box scores never change; the unrefined
+        tokens stay in ``detector_features``)."""
         n = feats.patches.shape[0]
         if prompts.dim() == 2:
             prompts = prompts.expand(n, -1, -1)
@@ -165,6 +172,7 @@ class ChEX(nn.Module):
         if post_decoder:
             tokens = torch.cat((det.features[:, :, None], det.box_features), dim=2)
             tmask = mask[..., None].expand(-1, -1, tokens.shape[2])
+            det.detector_features = det.features
             det.features = self.post_decoder(tokens, tmask, feats.patches, feats.pos, feats.global_token)[:, :, 0]
         return det
 
@@ -187,6 +195,27 @@ class ChEX(nn.Module):
         t = self.cfg.loss.classify_temperature if temperature is None else temperature
         f = F.normalize(features, dim=-1)
         return torch.sigmoid((f @ F.normalize(positive, dim=-1).T - f @ F.normalize(negative, dim=-1).T) / t)
+
+    def presence(self, features: Tensor, positive: Sequence[str], negative: Sequence[str]) -> Tensor:
+        """P(present) ``(..., K)`` of each query's detector ROI token ``(..., K, d)`` against its own prompt pair:
+        calibrated where :attr:`presence_calibration` has the pair, else sigmoid(margin / pathology temperature)."""
+        margin = paired_margin(features, self.encode_prompts(positive), self.encode_prompts(negative))
+        keys = [pair_key(p, n) for p, n in zip(positive, negative)]
+        return self.calibrated(margin, keys, torch.sigmoid(margin / self.cfg.loss.pathology_temperature))
+
+    def calibrated(self, margin: Tensor, keys: Sequence[str], fallback: Tensor) -> Tensor:
+        """sigmoid(scale * margin + shift) ``(..., K)`` for the K calibrated keys, ``fallback`` where a key has none."""
+        known = margin.new_tensor([k in self.presence_calibration for k in keys], dtype=torch.bool)
+        scale, shift = (margin.new_tensor(v) for v in zip(*(self.presence_calibration.get(k, (0.0, 0.0)) for k in keys)))
+        return torch.where(known, torch.sigmoid(scale * margin + shift), fallback)
+
+    def save_calibration(self, directory: Path | str) -> None:
+        """Write :attr:`presence_calibration` next to the weights (or remove a stale file when it is empty)."""
+        path = Path(directory) / CALIBRATION_FILE
+        if self.presence_calibration:
+            path.write_text(json.dumps({k: list(v) for k, v in sorted(self.presence_calibration.items())}, indent=1))
+        else:
+            path.unlink(missing_ok=True)
 
     def generate(self, features: Tensor, max_new_tokens: int | None = None, num_beams: int = 1) -> list[str]:
         """One sentence per ROI token ``(K, d)``."""

@@ -171,7 +171,7 @@ def _query(args: argparse.Namespace) -> None:
     if args.report:
         rep = model.report(prepared.original, args.report, **gen)
         out["report"] = rep.to_dict()
-        notes += [Annotation(s.query, s.box, s.sentence) for s in rep.sentences]
+        notes += [Annotation(s.query, s.box if s.finding else None, s.sentence) for s in rep.sentences]
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         render(prepared.original, notes).save(args.out)

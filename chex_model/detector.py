@@ -25,6 +25,7 @@ class Detections:
     box: Tensor  # (N, Q, 4) enclosing box of the present boxes (the best box when none is present)
     mask: Tensor  # (N, Q)
     reference_logits: Tensor | None = None  # (N, Q, M, h * w) query . patch logits behind the box centres (box_reference)
+    detector_features: Tensor | None = None  # (N, Q, d) the ROI tokens before the post decoder refined ``features``
 
 
 REFERENCE_SHIFT = 0.15  # how far (image fraction) a box centre may move from its reference point

@@ -15,7 +15,7 @@ PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 13
 @dataclass
 class Annotation:
     label: str
-    box: Sequence[float]  # normalized cx, cy, w, h of the image
+    box: Sequence[float] | None  # normalized cx, cy, w, h of the image; None: a sentence without a box
     sentence: str
 
 
@@ -34,6 +34,8 @@ def render(image: np.ndarray, annotations: Sequence[Annotation], width: int = 76
     canvas.paste(xray, (0, 0))
     draw = ImageDraw.Draw(canvas)
     for i, a in enumerate(annotations):
+        if a.box is None:
+            continue
         color = PALETTE[i % len(PALETTE)]
         cx, cy, bw, bh = a.box
         x1, y1 = (cx - bw / 2) * xray.width, (cy - bh / 2) * xray.height

@@ -17,6 +17,7 @@ from PIL import Image
 from torch import Tensor
 
 from chex_model.image_encoder import normalize
+from chex_model.presence import pair_key, paired_margin, positivity_key
 from chex_model.prompts import PromptSet, load_prompt_set
 from preprocessing.box_geometry import crop_frame
 from preprocessing.image_io import load_gray, resize_center_crop
@@ -102,7 +103,9 @@ class ReportSentence:
     sentence: str
     box: list[float]
     score: float
-    abnormal: float  # P(abnormal) of the query's ROI token
+    abnormal: float  # P(abnormal) of the query's ROI token (P(present) for a classified pathology query)
+    finding: bool = True  # False: a statement of absence from a pathology query classified absent (its box shows
+    # where the model looked, not a finding)
 
 
 @dataclass
@@ -206,19 +209,37 @@ def remove_near_duplicates(similarity: np.ndarray, weights: Sequence[float], str
 def report(model, image: ImageInput, prompt_set: PromptSet | str | Path = "report", max_new_tokens: int | None = None,
            num_beams: int = 1) -> Report:
     """A grounded report: every pathology query, the anatomy queries classified abnormal, one sentence each, near
-    duplicates removed (CLIP-text similarity), each sentence with its box."""
+    duplicates removed (CLIP-text similarity), each sentence with its box.
+
+    Where the prompt set gives the pathology queries' negatives, each is classified against its own negative on the
+    detector's ROI token (:meth:`ChEX.presence`), and one classified absent is decoded from its negative prompt's
+    token, so its sentence (if any) states the absence; one the model cannot call either way is left out;
+    ``abnormal`` then holds the query's presence probability.
+    Anatomy queries use the model's calibrated abnormality where it has one (fitted after training,
+    :mod:`pipelines.calibrate`), else the reference's positivity on the post-decoded token."""
     ps = prompt_set if isinstance(prompt_set, PromptSet) else load_prompt_set(prompt_set)
     queries = ps.pathology + ps.anatomy
     kinds = ["pathology"] * len(ps.pathology) + ["anatomy"] * len(ps.anatomy)
+    n_patho, gated = len(ps.pathology), bool(ps.pathology_negative)
     prep = prepare_image(image, model.image_encoder.image_size)
     with _eval(model):
         feats = model.encode_image(normalize(prep.pixels.to(model.device), model.cfg.image))
-        det = model.detect(feats, model.encode_prompts(queries)[None])
-        feat = det.features[0]
-        pos = model.encode_prompts(ps.positivity.positive).mean(0, keepdim=True) if ps.anatomy else None
-        neg = model.encode_prompts(ps.positivity.negative).mean(0, keepdim=True) if ps.anatomy else None
-        abnormal = model.classify(feat, pos, neg)[:, 0] if ps.anatomy else torch.ones(len(queries))
-        keep = [i for i, k in enumerate(kinds) if k == "pathology" or abnormal[i] >= ps.positivity.threshold]
+        det = model.detect(feats, model.encode_prompts(queries + ps.pathology_negative)[None])
+        feat = det.features[0, : len(queries)].clone()
+        abnormal = torch.ones(len(queries), device=feat.device)
+        if ps.anatomy:
+            pos = model.encode_prompts(ps.positivity.positive).mean(0, keepdim=True)
+            neg = model.encode_prompts(ps.positivity.negative).mean(0, keepdim=True)
+            margin = paired_margin(det.detector_features[0, n_patho: len(queries)], pos.expand(len(ps.anatomy), -1),
+                                   neg.expand(len(ps.anatomy), -1))
+            keys = [pair_key(q, positivity_key(ps.positivity.positive, ps.positivity.negative)) for q in ps.anatomy]
+            abnormal[n_patho:] = model.calibrated(margin, keys, model.classify(feat[n_patho:], pos, neg)[:, 0])
+        if gated:
+            abnormal[:n_patho] = model.presence(det.detector_features[0, :n_patho], ps.pathology, ps.pathology_negative)
+            absent = abnormal[:n_patho] < ps.pathology_absent_below
+            feat[:n_patho][absent] = det.features[0, len(queries):][absent]
+        told = [not gated or p >= ps.pathology_threshold or p < ps.pathology_absent_below for p in abnormal[:n_patho].tolist()]
+        keep = [i for i in range(n_patho) if told[i]] + [i for i in range(n_patho, len(queries)) if abnormal[i] >= ps.positivity.threshold]
         sentences = model.generate(feat[keep], max_new_tokens, num_beams) if keep else []
         pairs = [(i, s) for i, s in zip(keep, sentences) if s]
         if len(pairs) > 1:
@@ -228,7 +249,7 @@ def report(model, image: ImageInput, prompt_set: PromptSet | str | Path = "repor
             pairs = [pairs[k] for k in remove_near_duplicates(sim, weights, ps.dedup.strict, ps.dedup.loose, ps.dedup.max_sentences)]
         out = [
             ReportSentence(queries[i], kinds[i], s, _rounded(prep.from_crop(det.box[0, i])), round(float(det.score[0, i]), 4),
-                           round(float(abnormal[i]), 4))
+                           round(float(abnormal[i]), 4), not (gated and i < n_patho and bool(absent[i])))
             for i, s in pairs
         ]
     return Report(out)

@@ -42,8 +42,9 @@ class FindingTargets:
     from the post-decoded ROI tokens, as the full report decodes them."""
 
     prompts: list[str]  # K pathology query prompts
+    negatives: list[str]  # K "No X" prompts, one per query
     image: Tensor  # (P,) image index of each target
-    query: Tensor  # (P,) query index of each target
+    query: Tensor  # (P,) prompt of each target: k < K the query's own, K + k its negative
     texts: list[str]  # P target texts; "" = the report does not mention the query's condition
 
 
@@ -151,7 +152,7 @@ def multitask_losses(model: ChEX, batch: Batch, region_encoding: str = "prompts"
             out["sent_gen"] = model.generator.loss(region, flat)
     if generate and batch.findings is not None:
         t = batch.findings
-        features = model.detect(feats, model.encode_prompts(t.prompts)).features
+        features = model.detect(feats, model.encode_prompts(t.prompts + t.negatives)).features
         rois = features[t.image.to(features.device), t.query.to(features.device)]
         out["patho_gen"] = model.generator.loss(rois, t.texts)
     return out

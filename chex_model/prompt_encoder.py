@@ -9,11 +9,17 @@ from torch import Tensor, nn
 from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerBase
 
 
+ENCODE_CHUNK = 8  # texts per text-encoder call
+
+
 class PromptEncoder(nn.Module):
     """``encode(["Pleural effusion", ...]) -> (Q, d)``; always frozen and in eval mode.
 
     Embeddings are cached per string (least recently used out first), since training and inference re-encode the
-    same class, anatomy and sentence prompts over and over.
+    same class, anatomy and sentence prompts over and over. Texts are encoded in fixed-size chunks of equal token
+    length (no padding tokens; a short chunk repeats its last row), so every matrix product has the same shape and a
+    text's embedding never depends on which texts first shared its batch. Otherwise it would come out a few ulps
+    different, and a resumed run, whose cache starts empty, would drift from an uninterrupted one.
     """
 
     def __init__(self, text: CLIPTextModelWithProjection, tokenizer: PreTrainedTokenizerBase, cache_size: int) -> None:
@@ -34,18 +40,27 @@ class PromptEncoder(nn.Module):
         self._cache.clear()
 
     @torch.no_grad()
-    def _encode(self, texts: list[str]) -> Tensor:
+    def _encode(self, texts: list[str]) -> dict[str, Tensor]:
         max_len = self.text.config.max_position_embeddings
-        tok = self.tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        ids = self.tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]
+        by_length: dict[int, list[int]] = {}
+        for i, row in enumerate(ids):
+            by_length.setdefault(len(row), []).append(i)
         device = self.text.text_projection.weight.device
-        out = self.text(input_ids=tok["input_ids"].to(device), attention_mask=tok["attention_mask"].to(device))
-        return out.text_embeds
+        out = {}
+        for group in by_length.values():
+            for start in range(0, len(group), ENCODE_CHUNK):
+                chunk = group[start: start + ENCODE_CHUNK]
+                rows = [ids[i] for i in chunk] + [ids[chunk[-1]]] * (ENCODE_CHUNK - len(chunk))
+                batch = torch.tensor(rows, device=device)
+                embs = self.text(input_ids=batch, attention_mask=torch.ones_like(batch)).text_embeds
+                out.update((texts[i], emb) for i, emb in zip(chunk, embs))
+        return out
 
     def encode(self, texts: Sequence[str]) -> Tensor:
         missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
         if missing:
-            for text, emb in zip(missing, self._encode(missing)):
-                self._cache[text] = emb
+            self._cache.update(self._encode(missing))
         rows = []
         for text in texts:
             self._cache.move_to_end(text)

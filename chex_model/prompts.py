@@ -91,11 +91,18 @@ class Dedup:
 
 @dataclass
 class PromptSet:
-    """Queries of a grounded report: pathology queries are always answered, anatomy queries only when the ROI token
-    is classified abnormal (sigmoid(cos(f, mean positive) - cos(f, mean negative)) >= threshold)."""
+    """Queries of a grounded report. Anatomy queries are answered only when the ROI token is classified abnormal
+    (sigmoid(cos(f, mean positive) - cos(f, mean negative)) >= threshold, or the model's calibration of it).
+    Pathology queries are always answered, unless ``pathology_negative`` gives one "No X" prompt per query: then each
+    is classified against its negative first, and answered from its own prompt's token when present, from its
+    negative prompt's token when absent, and not at all when the model cannot tell (between the two thresholds), so
+    that every sentence agrees with the classification."""
 
     name: str = ""
     pathology: list[str] = field(default_factory=list)
+    pathology_negative: list[str] = field(default_factory=list)
+    pathology_threshold: float = 0.5  # P(present) from which a gated pathology query is decoded from its own prompt
+    pathology_absent_below: float = 0.1  # ... and below which from its negative; in between it is not answered
     anatomy: list[str] = field(default_factory=list)
     positivity: Positivity = field(default_factory=Positivity)
     dedup: Dedup = field(default_factory=Dedup)
@@ -113,6 +120,11 @@ def load_prompt_set(name_or_path: str | Path = "report") -> PromptSet:
     ps = from_dict(PromptSet, data)
     if not ps.pathology and not ps.anatomy:
         raise ConfigError(f"prompt set {path} has no queries")
+    if not 0 <= ps.pathology_absent_below <= ps.pathology_threshold:
+        raise ConfigError(f"prompt set {path}: need 0 <= pathology_absent_below <= pathology_threshold")
+    if ps.pathology_negative and len(ps.pathology_negative) != len(ps.pathology):
+        raise ConfigError(f"prompt set {path}: pathology_negative needs one prompt per pathology query "
+                          f"({len(ps.pathology)}), got {len(ps.pathology_negative)}")
     if ps.anatomy and not (ps.positivity.positive and ps.positivity.negative):
         raise ConfigError(f"prompt set {path}: anatomy queries need positivity.positive and positivity.negative prompts")
     return ps

@@ -285,7 +285,7 @@ class Evaluation:
         def generate() -> list[str]:
             reports = self.runner.reports([rows[i] for i in samples.row], prompt_set)
             for k, rep in enumerate(reports):
-                grounded[k] = [(s.query, to_xyxy(np.asarray(s.box)), s.sentence) for s in rep.sentences]
+                grounded[k] = [(s.query, to_xyxy(np.asarray(s.box)) if s.finding else None, s.sentence) for s in rep.sentences]
             return [rep.text for rep in reports]
 
         return self._text(name, rows, samples, generate, grounded=grounded)

@@ -33,8 +33,8 @@ def pr_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path
 
 def example_picture(image: np.ndarray, predicted: Sequence[tuple[str, np.ndarray, str]],
                     true: Sequence[tuple[str, np.ndarray, str]], path: Path, width: int = 512) -> Path:
-    """``(label, xyxy box, text)`` triples; predictions are listed first, then the ground truth."""
-    notes = [Annotation("pred", to_cxcywh(box).tolist(), f"{label}: {text}" if text else label)
+    """``(label, xyxy box or None, text)`` triples; predictions are listed first, then the ground truth."""
+    notes = [Annotation("pred", None if box is None else to_cxcywh(box).tolist(), f"{label}: {text}" if text else label)
              for label, box, text in predicted]
     notes += [Annotation("true", to_cxcywh(box).tolist(), f"{label}: {text}" if text else label) for label, box, text in true]
     path.parent.mkdir(parents=True, exist_ok=True)

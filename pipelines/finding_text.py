@@ -6,6 +6,11 @@ The reference never trains the sentence generator on pathology-query ROI tokens,
 queries of the conditions it mentions (positive, negative or uncertain, read by the rule labeler, the way the CheXpert
 labels of MIMIC-CXR are read from the same reports); "Normal" gets the sentences that mention no condition. A query
 its report does not mention has the empty target, so the model learns to stay silent about it.
+
+Each target is decoded from the token of the query's positive prompt when the report finds the condition (positive
+or uncertain; "Normal" when nothing is found) and from its "No X" prompt otherwise. The sentence's polarity thus
+follows the prompt, and the report chooses the prompt by classifying the query first (``PromptSet.pathology_negative``):
+presence is decided by the classifier, which ranks it, not by the generator's prior, which does not.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import torch
 
 from chex_model.multitask import FindingTargets
 from chex_model.prompts import load_prompt_set
-from evaluation.labeler import BLANK, CONDITIONS, RuleLabeler
+from evaluation.labeler import BLANK, CONDITIONS, POSITIVE, UNCERTAIN, RuleLabeler, strongest, with_no_finding
 from preprocessing.classes import CHEXPERT_14
 
 _COLUMNS = np.array([CONDITIONS.index(c) for c in CHEXPERT_14])  # labeler columns in the report's query order
@@ -25,16 +30,19 @@ _NO_FINDING = CHEXPERT_14.index("No Finding")
 
 
 @lru_cache(maxsize=1)
-def _report_queries() -> tuple[str, ...]:
-    queries = load_prompt_set("report").pathology
-    if len(queries) != len(CHEXPERT_14):
-        raise ValueError(f"the report prompt set has {len(queries)} pathology queries; the 14 CheXpert classes need 14")
-    return tuple(queries)
+def _report_queries() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    ps = load_prompt_set("report")
+    if len(ps.pathology) != len(CHEXPERT_14) or len(ps.pathology_negative) != len(CHEXPERT_14):
+        raise ValueError("the report prompt set needs 14 pathology queries and 14 pathology_negative prompts, one per "
+                         f"CheXpert class; it has {len(ps.pathology)} and {len(ps.pathology_negative)}")
+    return tuple(ps.pathology), tuple(ps.pathology_negative)
 
 
-def report_queries() -> list[str]:
-    """The packaged report prompt set's pathology queries, one per CheXpert-14 class in ``CHEXPERT_14`` order."""
-    return list(_report_queries())
+def report_queries() -> tuple[list[str], list[str]]:
+    """The packaged report prompt set's pathology queries, one per CheXpert-14 class in ``CHEXPERT_14`` order, and
+    their negative prompts in the same order."""
+    positive, negative = _report_queries()
+    return list(positive), list(negative)
 
 
 def route(sentences: Sequence[str], codes: np.ndarray) -> list[str]:
@@ -62,20 +70,33 @@ def sentence_codes(sentences: Sequence[str]) -> np.ndarray:
     return np.array([_sentence_codes(s) for s in sentences], dtype=np.int8).reshape(len(sentences), len(CONDITIONS))
 
 
+def found(codes: np.ndarray) -> np.ndarray:
+    """Per CheXpert-14 class, whether the report whose sentence codes these are finds it (positive or uncertain,
+    aggregated over sentences; No Finding by the labeler's rule)."""
+    report = np.zeros(len(CONDITIONS), np.int8)
+    for row in codes:
+        report = strongest(report, row)
+    return np.isin(with_no_finding(report[None])[0, _COLUMNS], (POSITIVE, UNCERTAIN))
+
+
 def finding_targets(reports: Sequence[Sequence[str]], rng: np.random.Generator) -> FindingTargets | None:
     """Every (image, query) its report mentions, plus as many silent ones drawn at random (empty target), so the
-    silent answer is learned without drowning the described ones. Images without report sentences take no part."""
+    silent answer is learned without drowning the described ones. A target found by its report is decoded from the
+    query's positive prompt, any other from its negative prompt (query index + 14). Images without report sentences
+    take no part."""
     images, queries, texts = [], [], []
+    n_classes = len(CHEXPERT_14)
     for n, sentences in enumerate(reports):
         if not sentences:
             continue
-        routed = route(sentences, sentence_codes(sentences))
+        codes = sentence_codes(sentences)
+        routed, present = route(sentences, codes), found(codes)
         said = [k for k, t in enumerate(routed) if t]
         silent = [k for k, t in enumerate(routed) if not t]
         chosen = said + sorted(rng.choice(silent, size=min(len(said), len(silent)), replace=False).tolist())
         images += [n] * len(chosen)
-        queries += chosen
+        queries += [k if present[k] and routed[k] else k + n_classes for k in chosen]
         texts += [routed[k] for k in chosen]
     if not texts:
         return None
-    return FindingTargets(report_queries(), torch.tensor(images), torch.tensor(queries), texts)
+    return FindingTargets(*report_queries(), torch.tensor(images), torch.tensor(queries), texts)

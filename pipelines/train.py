@@ -15,6 +15,8 @@ from pipelines.train_config import StageConfig, TrainConfig
 from pipelines.train_data import build_dataset, epoch_steps, ms_cxr_image_ids
 from pipelines.train_loop import MODEL_DIR, STATE_FILE, train_loop
 
+FEATURE_PARTS = ("image_encoder", "image_encoder_top", "detector")  # trainable parts that move the presence margin
+
 INIT_DIR = "init_model"
 
 
@@ -129,8 +131,31 @@ def _run_stage(cfg: TrainConfig, stage: StageConfig, init_model: Path, parent_ru
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(Path(d) / MODEL_DIR, out)
         state = json.loads((Path(d) / STATE_FILE).read_text())
+    if set(stage.trains) & set(FEATURE_PARTS):
+        _calibrate(cfg, out, state.get("mlflow_run_id"))
     _log_export(cfg, state.get("mlflow_run_id"), out, best.path, state["step"])
     return StageResult(stage.name, out, dict(metrics), best.path)
+
+
+def _calibrate(cfg: TrainConfig, model_dir: Path, run_id: str | None) -> None:
+    """Refit the presence calibration of a stage that moved the detector's ROI tokens (or drop the stale one it
+    inherited), and log its per-query statistics to the stage's run."""
+    from chex_model.presence import CALIBRATION_FILE
+    from pipelines.calibrate import calibrate_model_dir
+
+    if not cfg.calibration.enabled:
+        (model_dir / CALIBRATION_FILE).unlink(missing_ok=True)
+        return
+    stats = calibrate_model_dir(model_dir, Path(cfg.data.tables), cfg.calibration, cfg.data.exclude_ms_cxr)
+    if run_id:
+        import mlflow
+
+        client = mlflow.MlflowClient(cfg.tracking_uri())
+        for query, s in stats.items():
+            name = query.lower().replace(" ", "_")
+            for key in ("auroc", "scale", "positives"):
+                if s[key] == s[key]:  # NaN AUROC: a query without both classes
+                    client.log_metric(run_id, f"calibration/{name}/{key}", s[key])
 
 
 def _execution_options(ordered: bool):

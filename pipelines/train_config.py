@@ -61,6 +61,18 @@ class StageConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """Presence calibration of the report's pathology queries (pipelines/calibrate.py), refitted after each stage
+    that trains the image encoder or the detector."""
+
+    enabled: bool = True
+    splits: list[str] = field(default_factory=lambda: ["val"])  # MIMIC-CXR splits fitted on
+    max_images: int = 5000  # the first this many frontal images with report sentences, in table order
+    min_each: int = 3  # fewer positives (or negatives) than this: the query is never confidently present
+    batch_size: int = 32
+
+
+@dataclass
 class MlflowConfig:
     tracking_uri: str = ""  # "" = sqlite:///<absolute path of the workdir>/mlflow.db
     experiment: str = "chex-train"
@@ -87,6 +99,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_failures: int = 1
     data: DataConfig = field(default_factory=DataConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     stages: list[dict[str, Any]] = field(default_factory=list)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 

@@ -238,7 +238,8 @@ class Pipeline:
                       "init": self._previous_weights(name, up)}
         elif name == "evaluate":
             last = [n for n in self.stage_names if n.startswith("train:")][-1]
-            inputs = {"evaluate": asdict(self.eval_cfg), "weights": up[last]["weights_sha256"], "datasets": up["ingest"]["datasets"]}
+            inputs = {"evaluate": asdict(self.eval_cfg), "weights": up[last]["weights_sha256"],
+                      "calibration": up[last].get("calibration_sha256"), "datasets": up["ingest"]["datasets"]}
         else:
             inputs = {"register": asdict(self.cfg.register), "evaluation": up["evaluate"]["key"]}
         return key_of(name, inputs), inputs
@@ -282,11 +283,14 @@ class Pipeline:
             return {"params": res.best_params, "best_config_file": str(res.best_config), "trials": res.trials,
                     "run_id": res.parent_run_id}
         if name.startswith("train:"):
+            from chex_model.presence import CALIBRATION_FILE
             from pipelines.train import run_stage, stage_input
 
             stage = self._stage_config(name, up)
             res = run_stage(self.train_cfg, stage, stage_input(self.train_cfg, stage.name), parent_id)
+            calibration = Path(res.model_dir) / CALIBRATION_FILE
             return {"model_dir": str(res.model_dir), "weights_sha256": file_sha256(Path(res.model_dir) / "model.safetensors"),
+                    "calibration_sha256": file_sha256(calibration) if calibration.is_file() else None,
                     "checkpoint": res.checkpoint}
         last = [n for n in self.stage_names if n.startswith("train:")][-1]
         if name == "evaluate":

@@ -84,11 +84,13 @@ def phantom_batch(seed: int = 3) -> Batch:
 
 
 def _finding_targets() -> FindingTargets:
-    """Every (image, class) pair: the lesion's first sentence where the class is present, silence where absent."""
+    """Every (image, class) pair: the lesion's first sentence from the class prompt where the class is present,
+    silence from its negative prompt where absent."""
     said = {CLASS_OF[kind]: text for (kind, _), text in reversed(TEXT_OF.items())}
     pairs = [(i, k) for i in range(len(LESIONS)) for k in range(len(CLASSES))]
     present = {(i, CLASS_OF[les.kind]) for i, lesions in enumerate(LESIONS) for les in lesions}
-    return FindingTargets([p for p, _ in CLASSES], torch.tensor([i for i, _ in pairs]), torch.tensor([k for _, k in pairs]),
+    return FindingTargets([p for p, _ in CLASSES], [n for _, n in CLASSES], torch.tensor([i for i, _ in pairs]),
+                          torch.tensor([k if (i, k) in present else len(CLASSES) + k for i, k in pairs]),
                           [said[k] if (i, k) in present else "" for i, k in pairs])
 
 

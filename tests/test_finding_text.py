@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from evaluation.labeler import CONDITIONS, NEGATIVE, POSITIVE, UNCERTAIN, RuleLabeler
+from evaluation.labeler import CONDITIONS, NEGATIVE, POSITIVE, UNCERTAIN, RuleLabeler, with_no_finding
 from pipelines.collate import collate
-from pipelines.finding_text import finding_targets, report_queries, route, sentence_codes
+from pipelines.finding_text import finding_targets, found, report_queries, route, sentence_codes
 from preprocessing.classes import CHEXPERT_14
 from preprocessing.synth.catalog import CATALOG
 from test_collate import _numpy_batch
@@ -41,11 +41,11 @@ def test_targets_cover_every_mentioned_query_and_as_many_silent_ones():
         ["Mild cardiomegaly.", "There is no focal consolidation."],
     ]
     t = finding_targets(reports, np.random.default_rng(0))
-    assert t.prompts == report_queries() and len(t.prompts) == 14
+    assert (t.prompts, t.negatives) == report_queries() and len(t.prompts) == len(t.negatives) == 14
     labeler = RuleLabeler()
     mentions = labeler.mentions([s for r in reports for s in r])
     for n, report in enumerate(reports):
-        chosen = {int(k): text for i, k, text in zip(t.image, t.query, t.texts) if i == n}
+        chosen = {int(k) % 14: text for i, k, text in zip(t.image, t.query, t.texts) if i == n}
         said = {k for k, text in chosen.items() if text}
         codes = labeler.mentions(report) if report else np.zeros((0, 14), np.int8)
         expected = {CHEXPERT_14.index(c) for c in CHEXPERT_14 if c != "No Finding"
@@ -58,6 +58,22 @@ def test_targets_cover_every_mentioned_query_and_as_many_silent_ones():
     effusion = CHEXPERT_14.index("Pleural Effusion")
     assert [x for i, k, x in zip(t.image, t.query, t.texts) if i == 0 and k == effusion] == [
         "There is a moderate right pleural effusion."]
+    # a found condition speaks from its own prompt, every other target from its negative prompt
+    expected_found = np.stack([with_no_finding(labeler.mentions([" ".join(r)]))[0] for r in reports])
+    expected_found = np.isin(expected_found[:, [CONDITIONS.index(c) for c in CHEXPERT_14]], (POSITIVE, UNCERTAIN))
+    for i, k, text in zip(t.image.tolist(), t.query.tolist(), t.texts):
+        assert (k < 14) == bool(expected_found[i, k % 14] and text), (i, k, text)
+    assert expected_found[0, effusion] and not expected_found[0, CHEXPERT_14.index("Pneumothorax")]
+    assert expected_found[2, CHEXPERT_14.index("Cardiomegaly")] and not expected_found[2, CHEXPERT_14.index("No Finding")]
+    assert (effusion in t.query[t.image == 0].tolist()) and (14 + CHEXPERT_14.index("Pneumothorax") in t.query[t.image == 0].tolist())
+
+
+def test_found_reads_a_report_as_the_labeler_does():
+    normal = ["No pleural effusion.", "The lungs are clear."]
+    uncertain = ["Possible small right pleural effusion.", "No pneumothorax."]
+    nf, effusion = CHEXPERT_14.index("No Finding"), CHEXPERT_14.index("Pleural Effusion")
+    assert found(sentence_codes(normal)).tolist() == [k == nf for k in range(14)]
+    assert found(sentence_codes(uncertain)).tolist() == [k == effusion for k in range(14)]
 
 
 def test_every_synthetic_finding_sentence_reaches_its_own_queries():

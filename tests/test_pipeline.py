@@ -2,6 +2,7 @@
 training config reruns training, evaluation and registration only, and a failing stage keeps what came before."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -45,6 +46,12 @@ def test_pipeline_runs_skips_reruns_what_changed_and_survives_a_failure(tmp_path
     first = stages_of(capsys.readouterr().out)
     assert list(first) == ["synth", "ingest", "train:detection", "evaluate", "register"]
     assert set(first.values()) == {"ran"}
+    state = json.loads((tmp_path / "work" / "pipeline_state.json").read_text())
+    trained = state["train:detection"]["outputs"]
+    calibration = Path(trained["model_dir"]) / "presence_calibration.json"  # fitted after the detector trained
+    assert len(json.loads(calibration.read_text())) == 29
+    assert trained["calibration_sha256"] == hashlib.sha256(calibration.read_bytes()).hexdigest()
+    assert state["evaluate"]["inputs"]["calibration"] == trained["calibration_sha256"]
 
     assert main(["pipeline", "run", "--config", str(config)]) == 0
     assert set(stages_of(capsys.readouterr().out).values()) == {"skipped (unchanged)"}
@@ -70,6 +77,9 @@ def test_pipeline_runs_skips_reruns_what_changed_and_survives_a_failure(tmp_path
     versions = client.search_model_versions("name = 'chex-test'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
     model = mlflow.pyfunc.load_model("models:/chex-test@candidate")
+    assert len(model.unwrap_python_model().model.presence_calibration) == 29  # the registered model carries it
+    detection = next(r for r in children if r.info.run_name == "detection")
+    assert "calibration/atelectasis/positives" in detection.data.metrics
     image = tmp_path / "work" / "evaluation" / "figures"
     assert any(image.glob("*.png"))
     answer = model.predict(__import__("pandas").DataFrame([{"image": str(next(image.glob("od_vindr_example*.png"))),

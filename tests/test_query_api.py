@@ -11,6 +11,7 @@ from PIL import Image
 
 from chex_model.cli import main
 from chex_model.inference import prepare_image, remove_near_duplicates
+from chex_model.presence import pair_key
 from chex_model.prompts import Dedup, Positivity, PromptSet, chexpert_prompts, load_prompt_set
 from preprocessing.box_geometry import xyxy_to_stored_cxcywh
 from model_support import texts_of
@@ -61,6 +62,17 @@ def test_query_on_a_trained_model(trained_tiny) -> None:
         model.query(image, boxes=[(0.5, 0.5, 0.0, 0.2)])
 
 
+def test_a_sentence_without_a_box_draws_no_box() -> None:
+    from chex_model.draw import Annotation, render
+
+    image = (np.arange(64 * 64) % 251).astype(np.uint8).reshape(64, 64)
+    plain = np.asarray(render(image, [Annotation("q", None, "No pleural effusion.")], width=128))
+    boxed = np.asarray(render(image, [Annotation("q", (0.5, 0.5, 0.5, 0.5), "Pleural effusion.")], width=128))
+    bare = np.asarray(render(image, [], width=128))
+    assert (plain[:128] == bare[:128]).all() and (boxed[:128] != bare[:128]).any()
+    assert plain.shape[0] > 128 and plain[128:].any()  # its sentence is still listed under the picture
+
+
 def test_report_filters_anatomy_by_positivity(trained_tiny) -> None:
     model, batch, _, _ = trained_tiny
     base = dict(name="t", pathology=["Pleural effusion", "Cardiomegaly"], anatomy=["Right lung", "Left lung", "Trachea"],
@@ -69,10 +81,22 @@ def test_report_filters_anatomy_by_positivity(trained_tiny) -> None:
     assert [s.query for s in everything.sentences if s.sentence] == [s.query for s in everything.sentences]
     assert {s.query for s in everything.sentences} <= set(base["pathology"] + base["anatomy"])
     assert len([s for s in everything.sentences if s.kind == "anatomy"]) == 3
-    none = model.report(batch.images[0, 0], PromptSet(**base, positivity=Positivity(["Effusion"], ["Normal"], 1.01)))
-    # pathology queries are always asked; one trained to stay silent about an absent finding adds no sentence
-    assert [(s.kind, s.query, s.sentence) for s in none.sentences] == [
-        ("pathology", "Pleural effusion", "Small right pleural effusion.")]
+    gated = PromptSet(**base, pathology_negative=["No pleural effusion", "No cardiomegaly"],
+                      positivity=Positivity(["Effusion"], ["Normal"], 1.01))
+    keys = [pair_key("Pleural effusion", "No pleural effusion"), pair_key("Cardiomegaly", "No cardiomegaly")]
+    try:
+        for image, present, sentence in ((0, 0, "Small right pleural effusion."), (2, 1, "The heart is enlarged.")):
+            # a calibration that calls one query present and the other absent, whatever the margins
+            model.presence_calibration = {k: (0.0, 8.0 if i == present else -8.0) for i, k in enumerate(keys)}
+            out = model.report(batch.images[image, 0], gated)
+            # the present query speaks from its own prompt; the absent one from its negative prompt, trained silent
+            assert [(s.query, s.sentence) for s in out.sentences] == [(base["pathology"][present], sentence)]
+            assert out.sentences[0].abnormal == pytest.approx(torch.sigmoid(torch.tensor(8.0)).item(), abs=1e-4)
+            assert out.sentences[0].finding  # a present finding: its box is drawn
+            model.presence_calibration[keys[present]] = (0.0, -1.0)  # P = 0.27: cannot tell, so it is not answered
+            assert model.report(batch.images[image, 0], gated).sentences == []
+    finally:
+        model.presence_calibration = {}
     default = model.report(batch.images[0, 0])
     assert all(s.abnormal >= 0.5 for s in default.sentences if s.kind == "anatomy")
     assert default.text == " ".join(s.sentence for s in default.sentences)

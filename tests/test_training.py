@@ -165,9 +165,6 @@ def test_a_killed_worker_resumes_to_the_same_weights(ingested, ray_local, tmp_pa
         cfg = _config(tmp_path / name, tables, workers=1, stages=[
             {"name": "detection", "steps": 4, "val_every": 2, "lr": 2e-3, "warmup_steps": 1, **ENGINE_DETECTION}])
         cfg.max_failures, cfg.data.reproducible = 1, True
-        # all MIMIC-CXR views: on this table the resumed run is bit-exact. On the frontal rows only it is not yet
-        # (an open bug, README "Checkpoints"): its step-3 update of the box-score head differs
-        cfg.data.frontal_only = False
         stage = cfg.stage_configs()[0]
         results.append(run_stage(cfg, stage, stage_input(cfg, "detection"), fail_at_step=fail_at))
         cfgs.append(cfg)
