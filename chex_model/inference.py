@@ -18,7 +18,7 @@ from torch import Tensor
 
 from chex_model.image_encoder import normalize
 from chex_model.presence import pair_key, paired_margin, positivity_key
-from chex_model.prompts import PromptSet, load_prompt_set
+from chex_model.prompts import PromptSet, load_prompt_set, negative
 from preprocessing.box_geometry import crop_frame
 from preprocessing.image_io import load_gray, resize_center_crop
 
@@ -91,6 +91,7 @@ class QueryResult:
     box_scores: list[float]
     sentence: str
     probabilities: dict[str, float] = field(default_factory=dict)
+    presence: float | None = None  # calibrated P(present) of a text prompt the model has calibrated against "No <prompt>"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -151,7 +152,9 @@ def query(
 ) -> list[QueryResult]:
     """Answer text queries (detector), box queries (ROI pooling of the box) and box + text queries (the box's ROI
     token fused with the prompt token), all in one batch; results come back in that order. ``classes`` are
-    (positive, negative) prompt pairs each result is scored against."""
+    (positive, negative) prompt pairs each result is scored against. A text prompt the model has calibrated against
+    its "No ..." form (the report's pathology queries) also gets its ``presence``: the sentence describes what the
+    prompt asks for, the presence says whether it is there."""
     all_boxes = [validate_box(b) for b in boxes] + [validate_box(b) for b, _ in box_prompts]
     if not prompts and not all_boxes:
         raise ValueError("give at least one prompt or box")
@@ -164,10 +167,14 @@ def query(
         if prompts:
             det = model.detect(feats, model.encode_prompts(list(prompts))[None])
             features.append(det.features[0])
+            negatives = [negative(t) for t in prompts]
+            presence = model.presence(det.detector_features[0], list(prompts), negatives).tolist()
             for i, text in enumerate(prompts):
+                calibrated = pair_key(text, negatives[i]) in model.presence_calibration
                 results.append(QueryResult(
                     text, None, _rounded(prep.from_crop(det.box[0, i])), round(float(det.score[0, i]), 4),
                     _rounded(prep.from_crop(det.boxes[0, i])), _rounded(det.box_scores[0, i]), "",
+                    presence=round(presence[i], 4) if calibrated else None,
                 ))
         if all_boxes:
             crop = prep.to_crop(torch.tensor(all_boxes, dtype=torch.float32, device=dev))[None]

@@ -110,8 +110,9 @@ def fit_calibration(model: ChEX, rows: list[dict[str, Any]], cfg: CalibrationCon
 
 
 def calibrate_model_dir(model_dir: Path, tables: Path, cfg: CalibrationConfig, exclude_ms_cxr: bool = True) -> dict[str, dict[str, float]]:
-    """Fit the calibration of a saved model and write it next to its weights (the weights stay untouched)."""
-    model = ChEX.from_pretrained(model_dir)
+    """Fit the calibration of a saved model and write it next to its weights (the weights stay untouched); on the
+    driver's GPU when it has one."""
+    model = ChEX.from_pretrained(model_dir, device="cuda" if torch.cuda.is_available() else "cpu")
     rows = calibration_rows(tables, cfg, exclude_ms_cxr)
     if rows:
         stats = fit_calibration(model, rows, cfg)

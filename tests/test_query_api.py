@@ -11,7 +11,8 @@ from PIL import Image
 
 from chex_model.cli import main
 from chex_model.inference import prepare_image, remove_near_duplicates
-from chex_model.presence import pair_key
+from chex_model.image_encoder import normalize
+from chex_model.presence import pair_key, paired_margin
 from chex_model.prompts import Dedup, Positivity, PromptSet, chexpert_prompts, load_prompt_set
 from preprocessing.box_geometry import xyxy_to_stored_cxcywh
 from model_support import texts_of
@@ -56,6 +57,20 @@ def test_query_on_a_trained_model(trained_tiny) -> None:
     assert box.sentence == texts_of(batch)[0][region]  # the ground-truth box describes what it was trained on
     assert np.abs(np.array(text.box) - np.array(target)).sum() < 0.25
     assert text.sentence and fused.sentence and set(text.probabilities) == {"Pleural effusion"}
+    assert text.presence is None  # "Right lung" has no calibration
+    key = pair_key("Pleural effusion", "No pleural effusion")
+    try:
+        model.presence_calibration = {key: (12.0, -0.5)}
+        effusion, heart = model.query(image, prompts=["Pleural effusion", "Cardiomegaly"])
+        with torch.no_grad():
+            det = model.detect(model.encode_image(normalize(image[None, None], model.cfg.image)),
+                               model.encode_prompts(["Pleural effusion"]), post_decoder=False)
+            margin = paired_margin(det.features[0], model.encode_prompts(["Pleural effusion"]),
+                                   model.encode_prompts(["No pleural effusion"]))
+        assert effusion.presence == pytest.approx(torch.sigmoid(12.0 * margin - 0.5).item(), abs=1e-4)
+        assert heart.presence is None
+    finally:
+        model.presence_calibration = {}
     with pytest.raises(ValueError):
         model.query(image)
     with pytest.raises(ValueError):
