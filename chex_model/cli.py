@@ -172,6 +172,8 @@ def _query(args: argparse.Namespace) -> None:
         rep = model.report(prepared.original, args.report, **gen)
         out["report"] = rep.to_dict()
         notes += [Annotation(s.query, s.box if s.finding else None, s.sentence) for s in rep.sentences]
+        if rep.undetermined:
+            notes.append(Annotation("cannot tell", None, ", ".join(rep.undetermined)))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         render(prepared.original, notes).save(args.out)

@@ -112,13 +112,14 @@ class ReportSentence:
 @dataclass
 class Report:
     sentences: list[ReportSentence]
+    undetermined: list[str] = field(default_factory=list)  # pathology queries the model could call neither way
 
     @property
     def text(self) -> str:
         return " ".join(s.sentence for s in self.sentences)
 
     def to_dict(self) -> dict:
-        return {"text": self.text, "sentences": [asdict(s) for s in self.sentences]}
+        return {"text": self.text, "sentences": [asdict(s) for s in self.sentences], "undetermined": self.undetermined}
 
 
 @contextlib.contextmanager
@@ -241,11 +242,16 @@ def report(model, image: ImageInput, prompt_set: PromptSet | str | Path = "repor
                                    neg.expand(len(ps.anatomy), -1))
             keys = [pair_key(q, positivity_key(ps.positivity.positive, ps.positivity.negative)) for q in ps.anatomy]
             abnormal[n_patho:] = model.calibrated(margin, keys, model.classify(feat[n_patho:], pos, neg)[:, 0])
+        told = [True] * n_patho
         if gated:
-            abnormal[:n_patho] = model.presence(det.detector_features[0, :n_patho], ps.pathology, ps.pathology_negative)
-            absent = abnormal[:n_patho] < ps.pathology_absent_below
+            p = model.presence(det.detector_features[0, :n_patho], ps.pathology, ps.pathology_negative)
+            abnormal[:n_patho] = p
+            absent, present = p < ps.pathology_absent_below, p >= ps.pathology_threshold
+            if ps.normal_query:  # "no finding" cannot be said while a finding is not ruled out
+                j = ps.pathology.index(ps.normal_query)
+                present[j] &= bool(torch.cat((absent[:j], absent[j + 1:])).all())
             feat[:n_patho][absent] = det.features[0, len(queries):][absent]
-        told = [not gated or p >= ps.pathology_threshold or p < ps.pathology_absent_below for p in abnormal[:n_patho].tolist()]
+            told = (absent | present).tolist()
         keep = [i for i in range(n_patho) if told[i]] + [i for i in range(n_patho, len(queries)) if abnormal[i] >= ps.positivity.threshold]
         sentences = model.generate(feat[keep], max_new_tokens, num_beams) if keep else []
         pairs = [(i, s) for i, s in zip(keep, sentences) if s]
@@ -259,4 +265,4 @@ def report(model, image: ImageInput, prompt_set: PromptSet | str | Path = "repor
                            round(float(abnormal[i]), 4), not (gated and i < n_patho and bool(absent[i])))
             for i, s in pairs
         ]
-    return Report(out)
+    return Report(out, [q for q, t in zip(ps.pathology, told) if not t])

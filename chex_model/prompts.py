@@ -103,6 +103,7 @@ class PromptSet:
     pathology_negative: list[str] = field(default_factory=list)
     pathology_threshold: float = 0.5  # P(present) from which a gated pathology query is decoded from its own prompt
     pathology_absent_below: float = 0.1  # ... and below which from its negative; in between it is not answered
+    normal_query: str = ""  # the pathology query that states no finding: present only if every other one is absent
     anatomy: list[str] = field(default_factory=list)
     positivity: Positivity = field(default_factory=Positivity)
     dedup: Dedup = field(default_factory=Dedup)
@@ -122,6 +123,8 @@ def load_prompt_set(name_or_path: str | Path = "report") -> PromptSet:
         raise ConfigError(f"prompt set {path} has no queries")
     if not 0 <= ps.pathology_absent_below <= ps.pathology_threshold:
         raise ConfigError(f"prompt set {path}: need 0 <= pathology_absent_below <= pathology_threshold")
+    if ps.normal_query and ps.normal_query not in ps.pathology:
+        raise ConfigError(f"prompt set {path}: normal_query {ps.normal_query!r} is not one of its pathology queries")
     if ps.pathology_negative and len(ps.pathology_negative) != len(ps.pathology):
         raise ConfigError(f"prompt set {path}: pathology_negative needs one prompt per pathology query "
                           f"({len(ps.pathology)}), got {len(ps.pathology_negative)}")

@@ -286,6 +286,8 @@ class Evaluation:
             reports = self.runner.reports([rows[i] for i in samples.row], prompt_set)
             for k, rep in enumerate(reports):
                 grounded[k] = [(s.query, to_xyxy(np.asarray(s.box)) if s.finding else None, s.sentence) for s in rep.sentences]
+                if rep.undetermined:
+                    grounded[k].append(("cannot tell", None, ", ".join(rep.undetermined)))
             return [rep.text for rep in reports]
 
         return self._text(name, rows, samples, generate, grounded=grounded)

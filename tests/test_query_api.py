@@ -1,6 +1,7 @@
 """Query and report API, image/box frames, near-duplicate removal, and the `chex query` command."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -108,8 +109,17 @@ def test_report_filters_anatomy_by_positivity(trained_tiny) -> None:
             assert [(s.query, s.sentence) for s in out.sentences] == [(base["pathology"][present], sentence)]
             assert out.sentences[0].abnormal == pytest.approx(torch.sigmoid(torch.tensor(8.0)).item(), abs=1e-4)
             assert out.sentences[0].finding  # a present finding: its box is drawn
+            assert out.undetermined == []
             model.presence_calibration[keys[present]] = (0.0, -1.0)  # P = 0.27: cannot tell, so it is not answered
-            assert model.report(batch.images[image, 0], gated).sentences == []
+            unsure = model.report(batch.images[image, 0], gated)
+            assert unsure.sentences == [] and unsure.undetermined == [base["pathology"][present]]
+            assert unsure.to_dict()["undetermined"] == unsure.undetermined
+        # a "no finding" query is said only when every other query is ruled out
+        normal = dataclasses.replace(gated, normal_query="Cardiomegaly")
+        model.presence_calibration = {keys[0]: (0.0, -8.0), keys[1]: (0.0, 8.0)}
+        assert [s.query for s in model.report(batch.images[2, 0], normal).sentences] == ["Cardiomegaly"]
+        model.presence_calibration[keys[0]] = (0.0, -1.0)  # effusion not ruled out
+        assert model.report(batch.images[2, 0], normal).sentences == []
     finally:
         model.presence_calibration = {}
     default = model.report(batch.images[0, 0])
