@@ -21,6 +21,16 @@ from transformers import (
 from transformers.initialization import no_init_weights
 
 from chex_model.backbones import Backbones, load_backbones, random_backbones, train_tokenizers
+from chex_model.checkpoint import (
+    CLIP_DIR,
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    LM_DIR,
+    WEIGHTS_FILE,
+    CheckpointError,
+    load_errors,
+    read_config,
+)
 from chex_model.config import ChexConfig
 from chex_model.detector import Detections, PromptDetector
 from chex_model.generator import SentenceGenerator
@@ -29,8 +39,6 @@ from chex_model.post_decoder import PostDecoder
 from chex_model.presence import CALIBRATION_FILE, pair_key, paired_margin
 from chex_model.prompt_encoder import PromptEncoder
 
-CONFIG_FILE, WEIGHTS_FILE, CLIP_DIR, LM_DIR = "config.json", "model.safetensors", "clip", "lm"
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -121,29 +129,34 @@ class ChEX(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: Path | str, device: str | torch.device = "cpu") -> "ChEX":
-        """Load a checkpoint written by :meth:`save_pretrained` (safetensors only; nothing is unpickled)."""
+        """Load a checkpoint written by :meth:`save_pretrained` (safetensors only; nothing is unpickled).
+
+        Raises :class:`~chex_model.checkpoint.CheckpointError`, one line naming the folder and the problem, for
+        every malformed folder: missing parts, config not JSON or of another format, weights that are not
+        safetensors or do not fit the config.
+        """
         src = Path(directory)
-        if not (src / CONFIG_FILE).is_file() or not (src / WEIGHTS_FILE).is_file():
-            raise FileNotFoundError(f"{src} is not a ChEX checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-        meta = json.loads((src / CONFIG_FILE).read_text())
-        if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{src}: checkpoint format {meta.get('format')} is not {FORMAT_VERSION}")
-        cfg = ChexConfig.from_dict(meta["chex"])
-        clip = CLIPConfig.from_pretrained(src / CLIP_DIR)
-        with no_init_weights():
+        cfg = read_config(src)
+        with load_errors(src, f"{CLIP_DIR}/ or {LM_DIR}/"), no_init_weights():
+            clip = CLIPConfig.from_pretrained(src / CLIP_DIR)
             backbones = Backbones(
                 CLIPVisionModelWithProjection(clip.vision_config), CLIPTextModelWithProjection(clip.text_config),
                 AutoTokenizer.from_pretrained(src / CLIP_DIR), GPT2LMHeadModel(GPT2Config.from_pretrained(src / LM_DIR)),
                 AutoTokenizer.from_pretrained(src / LM_DIR),
             )
+        with load_errors(src, "the model config"):
             model = cls(cfg, backbones)
         model.generator.lm.tie_weights()  # before loading: safetensors keeps one name of the tied pair
-        missing, unexpected = load_model(model, str(src / WEIGHTS_FILE), strict=False, device=str(device))
+        with load_errors(src, f"{WEIGHTS_FILE} does not fit the config"):
+            missing, unexpected = load_model(model, str(src / WEIGHTS_FILE), strict=False, device=str(device))
         untied = sorted(set(missing) - _shared_names(model))
         if untied or unexpected:
-            raise ValueError(f"{src}: weights do not fit the config (missing {untied[:5]}, unexpected {unexpected[:5]})")
+            raise CheckpointError(src, f"{WEIGHTS_FILE} does not fit the config (missing {untied[:5]}, "
+                                       f"unexpected {unexpected[:5]})")
         if (src / CALIBRATION_FILE).is_file():
-            model.presence_calibration = {k: (float(a), float(b)) for k, (a, b) in json.loads((src / CALIBRATION_FILE).read_text()).items()}
+            with load_errors(src, CALIBRATION_FILE):
+                model.presence_calibration = {k: (float(a), float(b)) for k, (a, b)
+                                              in json.loads((src / CALIBRATION_FILE).read_text()).items()}
         return model.to(device).eval()
 
     @property

@@ -146,16 +146,18 @@ def _query(args: argparse.Namespace) -> None:
         raise UsageError(f"argument --box-prompt: {exc}") from None
     if not (args.prompt or args.box or box_prompts or args.report):
         raise UsageError("give --prompt, --box, --box-prompt or --report")
+    if args.image.is_dir():
+        raise UsageError(f"image {args.image} is a directory, not an image file")
     if not args.image.is_file():
         raise UsageError(f"image {args.image} not found")
     model_dir = args.model or Path(os.environ.get(MODEL_ENV, "demo_run/model"))
     if not (model_dir / "config.json").is_file():
         raise UsageError(f"no ChEX checkpoint in {model_dir} (train one, or pass --model DIR)")
-    try:
-        prepared = prepare_image(args.image, 8)
+    model = ChEX.from_pretrained(model_dir)
+    try:  # the very pixels ingest would store for this file (same decode, same resize)
+        prepared = prepare_image(args.image, model.image_encoder.image_size)
     except (ImageDecodeError, ValueError, OSError) as exc:
         raise UsageError(f"cannot read image {args.image}: {exc}") from None
-    model = ChEX.from_pretrained(model_dir)
     if args.int8:
         from chex_model.cpu_inference import quantize_for_cpu
 
@@ -164,12 +166,12 @@ def _query(args: argparse.Namespace) -> None:
     notes: list[Annotation] = []
     gen = {"max_new_tokens": args.max_tokens, "num_beams": args.beams}
     if args.prompt or args.box or box_prompts:
-        results = model.query(prepared.original, args.prompt, args.box, box_prompts=box_prompts,
+        results = model.query(prepared, args.prompt, args.box, box_prompts=box_prompts,
                               classes=[tuple(c) for c in args.classify], **gen)
         out["results"] = [r.to_dict() for r in results]
         notes += [Annotation(r.prompt or "box", r.box, r.sentence) for r in results]
     if args.report:
-        rep = model.report(prepared.original, args.report, **gen)
+        rep = model.report(prepared, args.report, **gen)
         out["report"] = rep.to_dict()
         notes += [Annotation(s.query, s.box if s.finding else None, s.sentence) for s in rep.sentences]
         if rep.undetermined:
@@ -365,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("openjpeg").setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from chex_model.checkpoint import CheckpointError
     from evaluation.meteor import MissingJavaError
     from infra.config import ConfigError
     from pipelines.workflow import StageFailed
@@ -381,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     except StageFailed as exc:
         print(f"chex {args.command}: error: {exc} (earlier stages' results are kept: rerun to continue from there)", file=sys.stderr)
         return 1
-    except (ConfigError, FileNotFoundError, MissingJavaError) as exc:
+    except (ConfigError, CheckpointError, FileNotFoundError, MissingJavaError) as exc:
         print(f"chex {args.command}: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -20,16 +20,15 @@ from chex_model.image_encoder import normalize
 from chex_model.presence import pair_key, paired_margin, positivity_key
 from chex_model.prompts import PromptSet, load_prompt_set, negative
 from preprocessing.box_geometry import crop_frame
-from preprocessing.image_io import load_gray, resize_center_crop
+from preprocessing.image_io import load_resized, resize_center_crop
 
 Box = tuple[float, float, float, float]
-ImageInput = str | Path | np.ndarray | Image.Image | Tensor
 
 
 @dataclass
 class PreparedImage:
     pixels: Tensor  # (1, 1, S, S) in [0, 1]
-    original: np.ndarray  # uint8 (H, W) as decoded, for drawing
+    original: np.ndarray  # uint8 as decoded, for drawing (a file may decode at a reduced, aspect-true scale)
     width: int
     height: int
 
@@ -50,6 +49,9 @@ class PreparedImage:
                             w * side / self.width, h * side / self.height), dim=-1)
 
 
+ImageInput = str | Path | np.ndarray | Image.Image | Tensor | PreparedImage
+
+
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     if image.ndim == 3:
         image = image.mean(-1) if image.shape[-1] in (3, 4) else image[..., 0]
@@ -65,10 +67,20 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def prepare_image(image: ImageInput, size: int) -> PreparedImage:
-    """A path (JPEG, PNG, DICOM), PIL image, array or tensor -> the model's centre-cropped ``size`` square."""
+    """A path (JPEG, PNG, DICOM), PIL image, array or tensor -> the model's centre-cropped ``size`` square.
+
+    A file goes through :func:`preprocessing.image_io.load_resized`, the function ingest stores images with, so a
+    query sees exactly the pixels training saw (DICOMs equalized, as the ingest default).
+    """
+    if isinstance(image, PreparedImage) and image.pixels.shape[-1] == size:
+        return image
+    if isinstance(image, PreparedImage):
+        image = image.original
     if isinstance(image, (str, Path)):
-        gray, _, _ = load_gray(image, equalize_dicom=True)
-    elif isinstance(image, Image.Image):
+        loaded = load_resized(image, size, equalize_dicom=True)
+        return PreparedImage(torch.from_numpy(loaded.pixels.astype(np.float32) / 255.0)[None, None], loaded.decoded,
+                             loaded.width, loaded.height)
+    if isinstance(image, Image.Image):
         gray = np.asarray(image.convert("L"))
     elif isinstance(image, Tensor):
         gray = _to_uint8(image.detach().cpu().squeeze().numpy())

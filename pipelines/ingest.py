@@ -45,9 +45,9 @@ SOURCE_FILES: dict[str, tuple[str, ...]] = {
     "mimic_cxr_jpg": ("*.csv", "*.csv.gz", "files/p*/p*/s*/*.jpg"),
     "mimic_cxr_reports": ("files/p*/p*/s*.txt", "*.zip"),
     "chest_imagenome": ("**/scene_graph*.zip", "**/*_SceneGraph.json"),
-    "ms_cxr": ("**/MS_CXR_Local_Alignment_v*.csv",),
-    "vindr_cxr": ("annotations/*.csv", "train/*.dicom", "test/*.dicom"),
-    "nih_cxr": ("*.csv", "images*/**/*.png"),
+    "ms_cxr": ("**/MS_CXR_Local_Alignment_v*.csv", "**/MS_CXR_Local_Alignment_v*.csv.gz"),
+    "vindr_cxr": ("annotations/*.csv", "annotations/*.csv.gz", "train/*.dicom", "test/*.dicom"),
+    "nih_cxr": ("*.csv", "*.csv.gz", "images*/**/*.png"),
 }
 REJECTS = "rejects"
 
@@ -75,7 +75,8 @@ def _process_batch(batch: dict[str, np.ndarray], cfg: IngestConfig, ledger: Any)
     sentences, rejects = read_reports(records)
     rows, digests = [], []
     for rec, sent in zip(records, sentences, strict=True):
-        row, found = safe_process_record(rec, cfg.image_size, cfg.equalize_dicom, sent, cfg.allow_truncated_images)
+        row, found = safe_process_record(rec, cfg.image_size, cfg.equalize_dicom, sent, cfg.allow_truncated_images,
+                                         cfg.allowed_modalities)
         rejects += found
         if row is not None:
             rows.append(row)

@@ -24,4 +24,6 @@ class IngestConfig:
     allow_truncated_images: bool = False  # true = decode truncated JPEG/PNG (missing rows gray), as the reference does
     batch_size: int = 8              # records per Ray Data batch
     hash_raw_content: bool = True    # sha256 of every raw file for lineage; false = path/size/mtime only (huge mirrors)
+    # DICOM Modality values kept as chest radiographs; others (CT, MR, SEG, ...) are rejects. Empty = no check.
+    allowed_modalities: list[str] = field(default_factory=lambda: ["CR", "DX"])
     sources: SourcePaths = field(default_factory=SourcePaths)

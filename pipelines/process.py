@@ -10,6 +10,7 @@ import json
 import zipfile
 import zlib
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -56,15 +57,32 @@ def _stored_boxes(rec: RawRecord, boxes: list[PixelBox], w: int, h: int, what: s
     return out
 
 
+def _modality_rejects(rec: RawRecord, modality: str | None, allowed: Sequence[str]) -> list[Reject]:
+    """A DICOM of a modality outside ``allowed`` is a reject; one without the tag is kept, with a note."""
+    if modality is None or not allowed:
+        return []
+    if modality == "":
+        return [Reject(rec.source, rec.source_path, "image", "DICOM has no Modality tag; kept as a radiograph",
+                       rec.sample_id)]
+    if modality not in allowed:
+        return [Reject(rec.source, rec.source_path, "image", f"DICOM Modality {modality!r} is not a radiograph "
+                       f"(allowed_modalities: {', '.join(allowed)})", rec.sample_id)]
+    return []
+
+
 def process_record(rec: RawRecord, image_size: int, equalize_dicom: bool, sentences: list[str] | None,
-                   allow_truncated: bool = False) -> tuple[dict[str, Any] | None, list[Reject]]:
-    """One output row (or None when the image is unreadable) and the rejects found on the way."""
-    rejects: list[Reject] = []
+                   allow_truncated: bool = False, allowed_modalities: Sequence[str] = ("CR", "DX"),
+                   ) -> tuple[dict[str, Any] | None, list[Reject]]:
+    """One output row (or None when the image is unreadable or not a radiograph) and the rejects found on the way."""
     try:
-        pixels, w, h = load_resized(Path(rec.image_path), image_size, equalize_dicom=equalize_dicom,
-                                    allow_truncated=allow_truncated)
+        image = load_resized(Path(rec.image_path), image_size, equalize_dicom=equalize_dicom,
+                             allow_truncated=allow_truncated)
     except (ImageDecodeError, OSError) as exc:
         return None, [Reject(rec.source, rec.source_path, "image", str(exc), rec.sample_id)]
+    rejects = _modality_rejects(rec, image.modality, allowed_modalities)
+    if rejects and image.modality:
+        return None, rejects
+    pixels, w, h = image.pixels, image.width, image.height
     if min(w, h) <= 0 or (rec.expected_size and min(rec.expected_size) <= 0):
         return None, [Reject(rec.source, rec.source_path, "image", f"non-positive size {w}x{h} / {rec.expected_size}",
                              rec.sample_id)]
@@ -105,13 +123,14 @@ def process_record(rec: RawRecord, image_size: int, equalize_dicom: bool, senten
 
 
 def safe_process_record(rec: RawRecord, image_size: int, equalize_dicom: bool, sentences: list[str] | None,
-                        allow_truncated: bool = False) -> tuple[dict[str, Any] | None, list[Reject]]:
+                        allow_truncated: bool = False, allowed_modalities: Sequence[str] = ("CR", "DX"),
+                        ) -> tuple[dict[str, Any] | None, list[Reject]]:
     """process_record that never raises: decoder bugs (e.g. a Rust panic, a BaseException) become a reject.
 
     The reject names the exception type so such records can be found and reported upstream.
     """
     try:
-        return process_record(rec, image_size, equalize_dicom, sentences, allow_truncated)
+        return process_record(rec, image_size, equalize_dicom, sentences, allow_truncated, allowed_modalities)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - one bad record must not kill a job over millions of images

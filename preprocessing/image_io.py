@@ -10,10 +10,12 @@ stored boxes agree.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import pydicom
@@ -25,10 +27,11 @@ from pydicom.uid import JPEG2000, JPEG2000Lossless
 from preprocessing.box_geometry import crop_frame
 
 __all__ = [
-    "ImageDecodeError", "decode_png", "encode_png", "equalize_hist", "load_gray", "load_resized",
-    "load_resized_full_decode", "resize_center_crop",
+    "Decoded", "ImageDecodeError", "ResizedImage", "decode_png", "encode_png", "equalize_hist", "j2k_siz", "load_gray",
+    "load_resized", "load_resized_full_decode", "resize_center_crop",
 ]
 
+log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 _DICOM_SUFFIXES = {".dcm", ".dicom"}
 _PIL_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -48,6 +51,28 @@ class ImageDecodeError(ValueError):
         self.path = os.fspath(path)
         self.reason = reason
         super().__init__(f"cannot decode image {self.path}: {reason}")
+
+
+@dataclass
+class Decoded:
+    """A decoded file: ``gray`` may be smaller than ``width x height`` by ``scale`` (original px per decoded px)."""
+
+    gray: np.ndarray
+    width: int
+    height: int
+    scale: float
+    modality: str | None  # DICOM Modality, upper case; "" for a DICOM without the tag, None for other formats
+
+
+@dataclass
+class ResizedImage:
+    """``pixels``: the model's uint8 square; ``decoded``: the whole image as decoded (for drawing)."""
+
+    pixels: np.ndarray
+    decoded: np.ndarray
+    width: int
+    height: int
+    modality: str | None
 
 
 class _TruncationGate:
@@ -148,49 +173,111 @@ def _has_dicm_preamble(path: PathLike) -> bool:
         return fh.read(132)[128:] == b"DICM"
 
 
+def j2k_siz(codestream: bytes) -> tuple[int, bool, int] | None:
+    """``(components, signed, precision)`` of component 0 from a JPEG 2000 SIZ marker segment (ISO 15444-1 A.5.1).
+
+    Works on a raw codestream and on a JP2 file (the codestream follows its boxes). None when there is no SIZ.
+    """
+    at = codestream.find(b"\xff\x4f\xff\x51")  # SOC then SIZ
+    siz = codestream[at + 4:at + 4 + 41] if at >= 0 else b""
+    if len(siz) < 41:
+        return None
+    ssiz = siz[38]
+    return int.from_bytes(siz[36:38], "big"), bool(ssiz & 0x80), (ssiz & 0x7F) + 1
+
+
+def _pillow_j2k_to_stored(arr: np.ndarray, mode: str, signed: bool, precision: int) -> np.ndarray:
+    """Undo Pillow's rescaling of a decoded J2K component: it writes ``(v + 2**(p-1) if signed) << (bits - p)``
+    into an 8-bit (``L``) or 16-bit (``I;16``) image; the inverse gives the codestream's own sample values."""
+    shift = (8 if mode == "L" else 16) - precision
+    stored = np.right_shift(arr.astype(np.int32), shift)
+    return stored - (1 << (precision - 1)) if signed else stored
+
+
 def _j2k_reduced(ds: pydicom.Dataset, min_side: int | None) -> tuple[np.ndarray, float] | None:
-    """JPEG 2000 frames decoded at a reduced resolution level (JPEG 2000's own "draft mode"), or None.
+    """A JPEG 2000 frame decoded at a reduced resolution level, in the units of pydicom's full decode; else None.
 
     Full J2K decodes cost ~2 s for an 8 MP radiograph; decoding 2^k times smaller while the short side stays
-    >= min_side is ~10x cheaper and exact at that level. Returns (pixels, original px per decoded px).
+    >= min_side is ~10x cheaper. Pillow's samples are mapped back to the codestream's values (see
+    :func:`_pillow_j2k_to_stored`), which are pydicom's units when the codestream's signedness agrees with
+    PixelRepresentation. Any other case (a sign mismatch pydicom corrects, > 16 bits, several components, a level
+    Pillow cannot decode, an unexpected shape) returns None and the caller decodes in full: slower, never wrong.
+    Returns (pixels, original px per decoded px).
     """
     if min_side is None or ds.file_meta.get("TransferSyntaxUID") not in _J2K_SYNTAXES:
         return None
+    rows, cols = int(ds.Rows), int(ds.Columns)
     k = 0
-    while k < 5 and min(int(ds.Rows), int(ds.Columns)) / 2 ** (k + 1) >= min_side:
+    while k < 5 and min(rows, cols) / 2 ** (k + 1) >= min_side:
         k += 1
     if k == 0:
         return None
     frame = next(generate_frames(ds.PixelData, number_of_frames=1))
-    with Image.open(io.BytesIO(frame)) as im:
-        im.reduce = k
-        im.load()
-        return np.asarray(im), float(2**k)
+    siz = j2k_siz(frame)
+    if siz is None or siz[0] != 1 or siz[2] > 16 or siz[1] != (int(ds.get("PixelRepresentation", 0)) == 1):
+        return None
+    try:
+        with Image.open(io.BytesIO(frame)) as im:
+            im.reduce = k
+            im.load()
+            mode, arr = im.mode, np.asarray(im)
+    except _PIL_ERRORS as exc:  # e.g. "broken data stream" at a level the full decode does not need
+        log.debug("reduced J2K decode failed (%s); decoding in full", exc)
+        return None
+    if mode not in ("L", "I;16") or arr.shape != (-(-rows // 2**k), -(-cols // 2**k)):
+        return None
+    return _pillow_j2k_to_stored(arr, mode, siz[1], siz[2]), float(2**k)
 
 
-def _load_dicom(path: PathLike, min_side: int | None = None) -> tuple[np.ndarray, int, int, float]:
-    """DICOM -> (uint8, width, height, scale): modality LUT, VOI LUT/window if present, MONOCHROME1 inverted,
-    min-max to [0, 255]; JPEG 2000 is decoded at a reduced level when min_side allows (scale > 1).
+def _int_tag(path: PathLike, ds: pydicom.Dataset, keyword: str, default: int) -> int:
+    """An integer attribute, or an ImageDecodeError that names the tag and its stored value."""
+    if keyword not in ds or ds.get_item(keyword).value in (None, b"", ""):
+        return default
+    try:
+        return int(ds[keyword].value)
+    except (TypeError, ValueError) as exc:
+        raw = ds.get_item(keyword).value
+        raise ImageDecodeError(path, f"invalid {keyword} {raw!r} ({type(exc).__name__})") from exc
 
-    Min-max after the VOI step: a window inside the data range saturates both ends, so min-max reproduces it
-    exactly; without VOI tags this is the reference's plain min-max. MONOCHROME1 is inverted by negation before
-    the min-max, which keeps it bit-identical to the equivalent MONOCHROME2 file.
-    """
+
+def _ends_early(ds: pydicom.Dataset, file_size: int) -> bool:
+    """pydicom stops silently at the end of a cut file: the last element then claims more bytes than are left, or
+    a partial element header (under 8 bytes) trails it."""
+    if not len(ds):
+        return True
+    last = ds.get_item(max(ds.keys()))
+    tell, length = getattr(last, "value_tell", None), getattr(last, "length", None)
+    if tell is None or length is None or length == 0xFFFFFFFF:
+        return False
+    return tell + length > file_size or 0 < file_size - (tell + length) < 8
+
+
+def _read_dataset(path: PathLike) -> pydicom.Dataset:
+    """Parse a DICOM file and check it holds one grayscale frame; reasons tell truncation from missing pixels."""
     with open(path, "rb") as fh:
         try:
             ds = pydicom.dcmread(fh)
         except Exception as e:  # pydicom raises many types on garbage (struct, EOF, Key, Value, InvalidDicom)
             raise ImageDecodeError(path, f"not a readable DICOM file ({type(e).__name__}: {e})") from e
     if "PixelData" not in ds:
-        raise ImageDecodeError(path, "no pixel data")
+        cut = _ends_early(ds, os.path.getsize(path))
+        raise ImageDecodeError(path, "truncated file: it ends before its pixel data" if cut else "no pixel data")
     photometric = str(ds.get("PhotometricInterpretation", ""))
-    if int(ds.get("SamplesPerPixel", 1)) != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+    samples = _int_tag(path, ds, "SamplesPerPixel", 1)
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ImageDecodeError(
-            path, f"only grayscale is supported (PhotometricInterpretation={photometric!r}, "
-            f"SamplesPerPixel={ds.get('SamplesPerPixel')})"
+            path, f"only grayscale is supported (PhotometricInterpretation={photometric!r}, SamplesPerPixel={samples})"
         )
-    if int(ds.get("NumberOfFrames", 1) or 1) != 1:
-        raise ImageDecodeError(path, f"unsupported multi-frame DICOM ({ds.NumberOfFrames} frames)")
+    if (frames := _int_tag(path, ds, "NumberOfFrames", 1)) != 1:
+        raise ImageDecodeError(path, f"unsupported multi-frame DICOM ({frames} frames)")
+    for keyword in ("Rows", "Columns"):
+        if _int_tag(path, ds, keyword, 0) <= 0:
+            raise ImageDecodeError(path, f"invalid {keyword} {ds.get(keyword)!r}")
+    return ds
+
+
+def _stored_pixels(path: PathLike, ds: pydicom.Dataset, min_side: int | None) -> tuple[np.ndarray, float]:
+    """Pixels after the modality LUT and any VOI LUT / window, and the decode scale (original px per decoded px)."""
     try:
         reduced = _j2k_reduced(ds, min_side)
         arr, scale = reduced if reduced is not None else (ds.pixel_array, 1.0)
@@ -202,23 +289,40 @@ def _load_dicom(path: PathLike, min_side: int | None = None) -> tuple[np.ndarray
         raise ImageDecodeError(path, f"pixel data (transfer syntax {syntax}): {type(e).__name__}: {e}") from e
     if arr.ndim != 2 or arr.size == 0:
         raise ImageDecodeError(path, f"expected one 2-D frame, got shape {arr.shape}")
+    return arr, scale
+
+
+def _load_dicom(path: PathLike, min_side: int | None = None) -> Decoded:
+    """DICOM -> uint8: modality LUT, VOI LUT/window if present, MONOCHROME1 inverted, min-max to [0, 255]; JPEG
+    2000 is decoded at a reduced level when min_side allows (scale > 1), in the same units as the full decode.
+
+    Min-max after the VOI step: a window inside the data range saturates both ends, so min-max reproduces it
+    exactly; without VOI tags this is the reference's plain min-max. MONOCHROME1 is inverted by negation before
+    the min-max, which keeps it bit-identical to the equivalent MONOCHROME2 file.
+    """
+    ds = _read_dataset(path)
+    arr, scale = _stored_pixels(path, ds, min_side)
     arr = arr.astype(np.float32)
-    gray = _to_uint8_minmax(np.negative(arr, out=arr) if photometric == "MONOCHROME1" else arr)
-    return gray, int(ds.Columns), int(ds.Rows), scale
+    inverted = str(ds.PhotometricInterpretation) == "MONOCHROME1"
+    gray = _to_uint8_minmax(np.negative(arr, out=arr) if inverted else arr)
+    modality = str(ds.get("Modality") or "").strip().upper()
+    return Decoded(gray, int(ds.Columns), int(ds.Rows), scale, modality)
 
 
-def _load(
-    path: PathLike, min_side: int | None, equalize_dicom: bool, allow_truncated: bool
-) -> tuple[np.ndarray, int, int, float]:
-    """:func:`load_gray` plus the JPEG draft scale (original px per decoded px), which :func:`load_resized` needs."""
+def _load(path: PathLike, min_side: int | None, equalize_dicom: bool, allow_truncated: bool) -> Decoded:
+    """:func:`load_gray` plus the decode scale and the DICOM modality, which :func:`load_resized` needs."""
+    if os.path.isdir(path):
+        raise ImageDecodeError(path, "is a directory, not an image file")
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix in _DICOM_SUFFIXES or (suffix not in _PIL_SUFFIXES and _has_dicm_preamble(path)):
-        gray, w, h, scale = _load_dicom(path, min_side)
-        return (equalize_hist(gray) if equalize_dicom else gray), w, h, scale
+        dec = _load_dicom(path, min_side)
+        if equalize_dicom:
+            dec.gray = equalize_hist(dec.gray)
+        return dec
     gray, w, h, scale = _load_pil(path, min_side, allow_truncated)
     if gray.size == 0:
         raise ImageDecodeError(path, "zero-size image")
-    return gray, w, h, scale
+    return Decoded(gray, w, h, scale, None)
 
 
 def load_gray(
@@ -232,8 +336,8 @@ def load_gray(
     MIMIC JPGs were equalized at conversion. ``allow_truncated`` accepts truncated JPEG/PNG files, as the reference
     does for MIMIC (a JPEG's missing rows come out mid-gray).
     """
-    gray, w, h, _ = _load(path, min_side, equalize_dicom, allow_truncated)
-    return gray, w, h
+    dec = _load(path, min_side, equalize_dicom, allow_truncated)
+    return dec.gray, dec.width, dec.height
 
 
 def _resize_crop(img: np.ndarray, size: int, extent: tuple[float, float]) -> np.ndarray:
@@ -262,18 +366,23 @@ def resize_center_crop(img: np.ndarray, size: int) -> np.ndarray:
 
 def load_resized(
     path: PathLike, size: int, equalize_dicom: bool = True, *, allow_truncated: bool = False
-) -> tuple[np.ndarray, int, int]:
-    """``(uint8 (size, size), orig_w, orig_h)`` using JPEG draft decoding; the crop uses the draft's exact scale."""
-    gray, w, h, scale = _load(path, size, equalize_dicom, allow_truncated)
-    return _resize_crop(gray, size, (w / scale, h / scale)), w, h
+) -> ResizedImage:
+    """The model's ``size`` square of an image file, decoded at the smallest exact scale (JPEG draft, J2K level).
+
+    The one path from a file to model pixels: ingest stores ``pixels``, and ``chex query`` feeds the same
+    ``pixels`` to the model, so training and inference see identical inputs.
+    """
+    dec = _load(path, size, equalize_dicom, allow_truncated)
+    pixels = _resize_crop(dec.gray, size, (dec.width / dec.scale, dec.height / dec.scale))
+    return ResizedImage(pixels, dec.gray, dec.width, dec.height, dec.modality)
 
 
 def load_resized_full_decode(
     path: PathLike, size: int, equalize_dicom: bool = True, *, allow_truncated: bool = False
-) -> tuple[np.ndarray, int, int]:
-    """Baseline for benchmarks: full-resolution decode, then :func:`resize_center_crop`."""
-    gray, w, h = load_gray(path, None, equalize_dicom=equalize_dicom, allow_truncated=allow_truncated)
-    return resize_center_crop(gray, size), w, h
+) -> ResizedImage:
+    """Baseline for benchmarks and equality tests: full-resolution decode, then :func:`resize_center_crop`."""
+    dec = _load(path, None, equalize_dicom, allow_truncated)
+    return ResizedImage(resize_center_crop(dec.gray, size), dec.gray, dec.width, dec.height, dec.modality)
 
 
 def encode_png(img: np.ndarray) -> bytes:

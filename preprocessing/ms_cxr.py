@@ -12,7 +12,7 @@ import polars as pl
 
 from preprocessing.records import GroundedPhrase, PixelBox, RawRecord, Reject, relative
 from preprocessing.sentences import clean_phrase
-from preprocessing.tables import read_csv_strings
+from preprocessing.tables import glob_tables, read_csv_strings
 
 SOURCE = "ms_cxr"
 SPLIT_MAP = {"train": "train", "val": "val", "validate": "val", "test": "test"}
@@ -20,8 +20,9 @@ FROM_MIMIC_SPLIT = {"train": "val", "val": "test", "test": "test"}
 
 
 def find_alignment_csv(root: Path) -> Path | None:
-    """The newest MS_CXR_Local_Alignment_v*.csv below root (the zip's top folder name varies by release)."""
-    found = sorted(root.rglob("MS_CXR_Local_Alignment_v*.csv"), key=lambda p: (p.name, p.as_posix()))  # by version, not folder
+    """The newest MS_CXR_Local_Alignment_v*.csv(.gz) below root (the zip's top folder name varies by release)."""
+    found = sorted(glob_tables(root, "MS_CXR_Local_Alignment_v*.csv"),
+                   key=lambda p: (p.name.removesuffix(".gz"), p.as_posix()))  # by version, not folder
     return found[-1] if found else None
 
 

@@ -1,11 +1,10 @@
 """NIH ChestX-ray8: Data_Entry labels + BBox_List boxes; box images split by patient into val/test.
 
-Both CSVs have headers with commas inside brackets, so rows are read positionally with the csv module.
+Both CSVs have headers with commas inside brackets, so rows are read by position.
 All images of a val/test patient stay in that split (no patient leaks into train, unlike the reference).
 """
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
 from pathlib import Path
 
@@ -13,13 +12,10 @@ import numpy as np
 
 from preprocessing.classes import NIH_14, NIH_LABEL_ALIASES, NIH_NO_FINDING
 from preprocessing.records import PixelBox, RawRecord, Reject, relative
+from preprocessing.tables import find_table, read_csv_rows
 
 SOURCE = "nih_cxr"
-
-
-def _rows(path: Path) -> list[list[str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.reader(f))[1:]
+ENTRY, ENTRY_V2020, BBOX = "Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv", "BBox_List_2017.csv"
 
 
 def index_images(root: Path) -> dict[str, Path]:
@@ -28,14 +24,14 @@ def index_images(root: Path) -> dict[str, Path]:
 
 
 def read_nih(root: Path, raw_root: Path, seed: int) -> tuple[list[RawRecord], list[Reject]]:
-    entry_path = next((p for p in (root / "Data_Entry_2017.csv", root / "Data_Entry_2017_v2020.csv") if p.is_file()), None)
+    entry_path = find_table(root, ENTRY, ENTRY_V2020)
     if entry_path is None:
-        return [], [Reject(SOURCE, relative(root, raw_root), "table", "missing Data_Entry_2017.csv")]
+        return [], [Reject(SOURCE, relative(root, raw_root), "table", f"missing {ENTRY} (or {ENTRY_V2020}, .csv.gz)")]
     rejects: list[Reject] = []
     boxes: dict[str, list[PixelBox]] = defaultdict(list)
-    bbox_path = root / "BBox_List_2017.csv"
-    if bbox_path.is_file():
-        for i, row in enumerate(_rows(bbox_path)):
+    bbox_path = find_table(root, BBOX)
+    if bbox_path is not None:
+        for i, row in enumerate(read_csv_rows(bbox_path)):
             try:
                 x, y, w, h = (float(v) for v in row[2:6])
             except (ValueError, IndexError):
@@ -46,7 +42,7 @@ def read_nih(root: Path, raw_root: Path, seed: int) -> tuple[list[RawRecord], li
             boxes[row[0]].append(PixelBox(name, x, y, x + w, y + h))
     files = index_images(root)
     entries = []
-    for i, row in enumerate(_rows(entry_path)):
+    for i, row in enumerate(read_csv_rows(entry_path)):
         if len(row) < 4 or not row[0]:
             rejects.append(Reject(SOURCE, f"{relative(entry_path, raw_root)}#row{i + 2}", "table", f"short row {row}"))
             continue

@@ -1,22 +1,60 @@
-"""Reading the datasets' CSVs: plain or gzip, all columns as strings so odd values never abort a whole file."""
+"""The one way the datasets' CSV tables are read, as users have them: ``.csv`` or ``.csv.gz``, LF or CRLF line
+ends, with or without a UTF-8 byte-order mark, quoted fields. Every cell is a string so odd values never abort a
+whole file; typed parsing happens per row, where a bad cell can become a reject.
+
+The bytes are normalized once (gunzip, BOM, CRLF), so a table and its re-saved copy give the same cells.
+"""
 from __future__ import annotations
 
+import csv
+import gzip
+import io
 from pathlib import Path
 
 import polars as pl
 
+_GZIP_MAGIC = b"\x1f\x8b"
+_BOM = b"\xef\xbb\xbf"
 
-def find_table(root: Path, name: str) -> Path | None:
-    """`name` (e.g. `x.csv.gz`) or its uncompressed `x.csv` under root (users often keep uncompressed copies)."""
-    for candidate in (root / name, root / name.removesuffix(".gz")):
-        if candidate.is_file():
-            return candidate
+
+def table_candidates(name: str) -> tuple[str, str]:
+    """``x.csv`` -> (``x.csv``, ``x.csv.gz``); ``x.csv.gz`` -> (``x.csv.gz``, ``x.csv``): the shipped name first."""
+    plain = name.removesuffix(".gz")
+    return (name, plain) if name.endswith(".gz") else (name, f"{name}.gz")
+
+
+def find_table(root: Path, *names: str) -> Path | None:
+    """The first of ``names`` under root, each as shipped or (un)compressed (users keep both kinds of copy)."""
+    for name in names:
+        for candidate in table_candidates(name):
+            if (root / candidate).is_file():
+                return root / candidate
     return None
 
 
+def glob_tables(root: Path, pattern: str) -> list[Path]:
+    """Tables matching ``pattern`` (a ``*.csv`` glob) below root, compressed or not, sorted by path."""
+    return sorted({*root.rglob(pattern), *root.rglob(f"{pattern}.gz")})
+
+
+def table_bytes(path: Path) -> bytes:
+    """The file's text as UTF-8 bytes: decompressed (gzip by its magic number, whatever the name), without a
+    byte-order mark, with LF line ends."""
+    data = path.read_bytes()
+    if data[:2] == _GZIP_MAGIC:
+        data = gzip.decompress(data)
+    return data.removeprefix(_BOM).replace(b"\r\n", b"\n")
+
+
 def read_csv_strings(path: Path) -> pl.DataFrame:
-    """All cells as strings (empty -> null); typed parsing happens per row where a bad cell can be rejected."""
-    return pl.read_csv(path, infer_schema=False, truncate_ragged_lines=True)
+    """A table with a header, all cells as strings (empty -> null)."""
+    return pl.read_csv(io.BytesIO(table_bytes(path)), infer_schema=False, truncate_ragged_lines=True)
+
+
+def read_csv_rows(path: Path) -> list[list[str]]:
+    """The data rows of a table read by position (the header is skipped): for headers a CSV parser cannot name,
+    such as NIH's ``OriginalImage[Width,Height]`` with commas inside the brackets. Blank lines are not rows."""
+    return [row for row in csv.reader(io.StringIO(table_bytes(path).decode("utf-8"))) if row][1:]
 
 
 def parse_float(value: str | None) -> float | None:

@@ -13,7 +13,7 @@ from ensemble_boxes import weighted_boxes_fusion
 
 from preprocessing.classes import VINDR_LABELS_28, VINDR_LOCAL_22, VINDR_NO_FINDING
 from preprocessing.records import PixelBox, RawRecord, Reject, relative
-from preprocessing.tables import parse_float, read_csv_strings
+from preprocessing.tables import find_table, parse_float, read_csv_strings
 
 SOURCE = "vindr_cxr"
 WBF_IOU = 0.1
@@ -83,9 +83,10 @@ def read_vindr(root: Path, raw_root: Path, seed: int) -> tuple[list[RawRecord], 
     ann = root / "annotations"
     records: list[RawRecord] = []
     for official in ("train", "test"):
-        box_file, label_file = ann / f"annotations_{official}.csv", ann / f"image_labels_{official}.csv"
-        if not box_file.is_file() or not label_file.is_file():
-            rejects.append(Reject(SOURCE, relative(ann, raw_root), "table", f"missing {box_file.name} or {label_file.name}"))
+        names = f"annotations_{official}.csv", f"image_labels_{official}.csv"
+        box_file, label_file = find_table(ann, names[0]), find_table(ann, names[1])
+        if box_file is None or label_file is None:
+            rejects.append(Reject(SOURCE, relative(ann, raw_root), "table", f"missing {names[0]} or {names[1]} (or .csv.gz)"))
             continue
         boxes = _boxes(box_file, raw_root, rejects)
         labels = _labels(label_file, raw_root, rejects)

@@ -79,10 +79,11 @@ def test_jpeg_draft_decodes_smaller_and_matches_full_decode(big_jpeg: Path) -> N
     assert drafted.shape == (1200, 1000)  # DCT scale 1/2: short side stays >= 512
     assert load_gray(big_jpeg, min_side=256)[0].shape == (600, 500)  # scale 1/4
     for size in (512, 256):
-        fast, fw, fh = load_resized(big_jpeg, size)
-        slow, _, _ = load_resized_full_decode(big_jpeg, size)
-        assert fast.shape == slow.shape == (size, size) and (fw, fh) == (2000, 2400)
-        assert np.abs(fast.astype(int) - slow.astype(int)).mean() < 3
+        fast = load_resized(big_jpeg, size)
+        slow = load_resized_full_decode(big_jpeg, size).pixels
+        assert fast.pixels.shape == slow.shape == (size, size) and (fast.width, fast.height) == (2000, 2400)
+        assert np.abs(fast.pixels.astype(int) - slow.astype(int)).mean() < 3
+        assert fast.modality is None and fast.decoded.shape == (2400 // (1024 // size), 2000 // (1024 // size))
 
 
 def test_truncated_jpeg(tmp_path: Path, big_jpeg: Path) -> None:
@@ -95,7 +96,7 @@ def test_truncated_jpeg(tmp_path: Path, big_jpeg: Path) -> None:
         load_resized(path, 256)
     img, w, h = load_gray(path, allow_truncated=True)
     assert img.shape == (2400, 2000) and (w, h) == (2000, 2400)
-    assert load_resized(path, 256, allow_truncated=True)[0].shape == (256, 256)
+    assert load_resized(path, 256, allow_truncated=True).pixels.shape == (256, 256)
     with pytest.raises(ImageDecodeError):  # the permissive switch was restored
         load_gray(path)
 
@@ -185,8 +186,8 @@ def test_dicom_failures_raise_decode_error(tmp_path: Path) -> None:
 
 def test_dicom_equalized_and_resized(tmp_path: Path) -> None:
     write_dicom(tmp_path / "e.dcm", _raw(12), "MONOCHROME2", 12)
-    img, w, h = load_resized(tmp_path / "e.dcm", 32)
-    assert img.shape == (32, 32) and (w, h) == (80, 64)
+    img = load_resized(tmp_path / "e.dcm", 32)
+    assert img.pixels.shape == (32, 32) and (img.width, img.height) == (80, 64) and img.modality == ""
     eq = load_gray(tmp_path / "e.dcm", equalize_dicom=True)[0]
     assert np.array_equal(eq, equalize_hist(load_gray(tmp_path / "e.dcm")[0]))
 
@@ -214,10 +215,10 @@ def test_j2k_dicom_decodes_at_a_reduced_level_and_matches_full_decode(tmp_path: 
     ds = write_dicom(tmp_path / "u.dcm", arr, "MONOCHROME1", 12)
     ds.compress(JPEG2000Lossless)
     ds.save_as(tmp_path / "j.dcm", enforce_file_format=True)
-    reduced, w, h, scale = image_io._load(tmp_path / "j.dcm", 128, False, False)
-    assert (w, h) == (800, 600) and scale == 4.0 and reduced.shape == (150, 200)   # 600 / 4 >= 128 > 600 / 8
-    fast = load_resized(tmp_path / "j.dcm", 128, equalize_dicom=False)[0]
-    full = load_resized_full_decode(tmp_path / "u.dcm", 128, equalize_dicom=False)[0]
+    dec = image_io._load(tmp_path / "j.dcm", 128, False, False)
+    assert (dec.width, dec.height) == (800, 600) and dec.scale == 4.0 and dec.gray.shape == (150, 200)  # 600/4 >= 128 > 600/8
+    fast = load_resized(tmp_path / "j.dcm", 128, equalize_dicom=False).pixels
+    full = load_resized_full_decode(tmp_path / "u.dcm", 128, equalize_dicom=False).pixels
     # a reduced level is the wavelet low-pass, not a box average: close, not bit-identical (like JPEG draft mode)
     assert np.abs(fast.astype(float) - full).mean() < 4.0
     assert np.corrcoef(fast.ravel(), full.ravel())[0, 1] > 0.99

@@ -172,12 +172,13 @@ def test_cli_report(checkpoint, xray_files, capsys) -> None:
     (["{img}", "--prompt", "x", "--box", "a,b,c,d"], "bad box"),
     (["{img}", "--box-prompt", "0.5,0.5,0.2", "Left lung"], "bad box"),
     (["missing.png", "--prompt", "x"], "not found"),
+    (["{folder}", "--prompt", "x"], "is a directory"),
     (["{broken}", "--prompt", "x"], "cannot read image"),
     (["{img}"], "give --prompt"),
     (["{img}", "--prompt", "x", "--model", "{nomodel}"], "no ChEX checkpoint"),
 ])
 def test_cli_query_errors_are_one_line_with_exit_code_2(args, message, checkpoint, xray_files, tmp_path, capsys) -> None:
-    subst = {"img": xray_files["a.png"], "broken": xray_files["broken.jpg"], "nomodel": tmp_path}
+    subst = {"img": xray_files["a.png"], "broken": xray_files["broken.jpg"], "nomodel": tmp_path, "folder": tmp_path}
     argv = ["query", *[a.format(**subst) for a in args]]
     if "--model" not in argv:
         argv += ["--model", str(checkpoint)]
