@@ -27,6 +27,7 @@ import psutil  # noqa: E402
 import pydicom  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.machine import describe_cpu  # noqa: E402
 from preprocessing.image_io import load_resized, load_resized_full_decode  # noqa: E402
 from preprocessing.synth.generate import SynthConfig, synthesize  # noqa: E402
 
@@ -80,9 +81,10 @@ def decode_table(groups: dict[str, list[Path]], size: int, repeats: int) -> None
         (dw, dc), (fw, fc) = best["draft"], best["full"]
         print(row.format(kind, n, f"{n / dw:.1f}", f"{n / fw:.1f}", f"{fw / dw:.2f}x",
                          f"{n / dc:.1f}", f"{n / fc:.1f}"))
-    print("   draft = load_resized (JPEG reduced-DCT decode); full = load_resized_full_decode (baseline).\n"
-          "   /s/core = images per CPU-second of this process (counts any decoder threads); DICOM and PNG\n"
-          "   have no draft mode, so their speed-up should be ~1.00x (a check on noise).")
+    print("   draft = load_resized (JPEG reduced-DCT decode, JPEG 2000 reduced resolution level, in the full\n"
+          "   decode's units); full = load_resized_full_decode (baseline).\n"
+          "   /s/core = images per CPU-second of this process (counts any decoder threads); uncompressed and RLE\n"
+          "   DICOM and PNG have no reduced decode, so their speed-up should be ~1.00x (a check on noise).")
 
 
 class TreeRSS(threading.Thread):
@@ -203,8 +205,8 @@ def main() -> None:
         synthesize(raw, SynthConfig(studies=args.studies, seed=args.seed, image_scale=args.image_scale))
         synth_s = time.perf_counter() - t0
         groups = image_groups(raw)
-        print(f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
-              f"{platform.processor() or platform.machine()}; python {platform.python_version()}, "
+        print(f"machine: {describe_cpu()}, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM; "
+              f"python {platform.python_version()}, "
               f"pillow {version('pillow')}, pydicom {version('pydicom')}, ray {version('ray')}; "
               f"load average {os.getloadavg()[0]:.1f} (other processes share these cores)")
         sizes = "".join(f"\n  {k:<24} {len(v):>3} images, mean {sum(map(megapixels, v)) / len(v):5.2f} MP, "

@@ -21,6 +21,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.machine import describe_cpu  # noqa: E402
+
 REFERENCE = {  # seconds, GB (the reference code on a 2-core CPU, paper size)
     "text query to boxes + ROI token (no text)": (0.12, 4.8),
     "train step: detect (4 img x 20 anatomy prompts)": (0.86, 2.4),
@@ -172,6 +174,7 @@ def main() -> None:
                 print(f"{preset_name}/{workload} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
                 continue
             rows += json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"machine: {describe_cpu()}")
     print(f"{'preset':<11}{'workload':<56}{'time':>10}{'per sample':>12}{'peak RSS':>10}{'ref time':>10}{'ratio':>8}")
     for r in rows:
         ref = REFERENCE.get(r["row"].replace(" [int8]", "")) if r["preset"] == "paper" else None

@@ -15,6 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import describe_cpu  # noqa: E402
+
 
 def timed_run(pipeline) -> tuple[list, dict[str, float], float]:
     """Stage records, seconds per stage (from the log line that starts each stage to the next), total seconds."""
@@ -56,7 +58,7 @@ def main() -> None:
     cfg.workdir = str(args.workdir)
     cold_records, cold, cold_total = timed_run(Pipeline(cfg))
     warm_records, warm, warm_total = timed_run(Pipeline(cfg))
-    print(f"\n{args.config.name}, {os.cpu_count()} CPU cores, workdir {args.workdir}")
+    print(f"\n{args.config.name}, {describe_cpu()}, workdir {args.workdir}")
     print(f"{'stage':<26} | {'cold run (s)':>12} | {'second run (s)':>14} | second run")
     print("-" * 72)
     for rec, wrec in zip(cold_records, warm_records):

@@ -15,6 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import describe_cpu  # noqa: E402
+
 
 def run(tables: Path, workers: int, engine: str, steps: int, workdir: Path) -> dict[str, float]:
     from pipelines.train import run_stage, stage_input
@@ -45,7 +47,7 @@ def main() -> None:
         for engine in ("ddp", "deepspeed"):
             with tempfile.TemporaryDirectory() as tmp:
                 rows.append((workers, engine, run(args.tables, workers, engine, args.steps, Path(tmp))))
-    print(f"\ntiny preset, detection stage, micro batch 4 per worker, {args.steps} steps, {os.cpu_count()} CPU cores")
+    print(f"\ntiny preset, detection stage, micro batch 4 per worker, {args.steps} steps, {describe_cpu()}")
     print(f"{'workers':>7} | {'engine':<16} | {'samples/s':>9} | {'steps/s':>7} | {'first step (s)':>14} | {'peak RSS / worker (MB)':>22}")
     print("-" * 88)
     for workers, engine, m in rows:

@@ -222,3 +222,31 @@ def test_j2k_dicom_decodes_at_a_reduced_level_and_matches_full_decode(tmp_path: 
     # a reduced level is the wavelet low-pass, not a box average: close, not bit-identical (like JPEG draft mode)
     assert np.abs(fast.astype(float) - full).mean() < 4.0
     assert np.corrcoef(fast.ravel(), full.ravel())[0, 1] > 0.99
+
+
+def test_dicom_reject_reasons_say_what_happened(tmp_path: Path) -> None:
+    """Cut before the pixel data vs. no pixel data at all; the invalid tag by name; a folder vs. a missing file."""
+    write_dicom(tmp_path / "ok.dcm", _raw(12), "MONOCHROME2", 12, PatientName="x" * 400)
+    data = (tmp_path / "ok.dcm").read_bytes()
+    pixel_tag = data.index(b"\xe0\x7f\x10\x00")   # (7FE0,0010) little endian
+    for cut in (pixel_tag - 3, pixel_tag - 200, pixel_tag + 4):
+        (tmp_path / "cut.dcm").write_bytes(data[:cut])
+        with pytest.raises(ImageDecodeError, match="truncated"):
+            load_gray(tmp_path / "cut.dcm")
+    ds = pydicom.dcmread(tmp_path / "ok.dcm")
+    del ds.PixelData
+    ds.save_as(tmp_path / "nopix.dcm", enforce_file_format=True)
+    with pytest.raises(ImageDecodeError, match="no pixel data"):
+        load_gray(tmp_path / "nopix.dcm")
+    ds = pydicom.dcmread(tmp_path / "ok.dcm")
+    ds.NumberOfFrames = 1
+    ds.save_as(tmp_path / "frames.dcm", enforce_file_format=True)
+    element = b"\x28\x00\x08\x00IS\x02\x001 "   # (0028,0008) IS "1 ", written as a bad scanner would: "1A"
+    raw = (tmp_path / "frames.dcm").read_bytes()
+    assert raw.count(element) == 1
+    (tmp_path / "frames.dcm").write_bytes(raw.replace(element, element[:-2] + b"1A"))
+    with pytest.raises(ImageDecodeError, match=r"invalid NumberOfFrames '1A'"):
+        load_gray(tmp_path / "frames.dcm")
+    (tmp_path / "folder.dcm").mkdir()
+    with pytest.raises(ImageDecodeError, match="is a directory"):
+        load_gray(tmp_path / "folder.dcm")

@@ -52,3 +52,35 @@ def test_box_outside_image_and_outside_crop_are_separate_rejects(small_jpeg):
 def test_missing_image_is_an_image_reject(tmp_path):
     row, rejects = process_record(_record(tmp_path / "nope.jpg", None, []), 64, True, None)
     assert row is None and rejects[0].stage == "image" and "nope.jpg" in rejects[0].reason
+
+
+def _dicom(tmp_path: Path, name: str, **tags: object) -> Path:
+    from tests_support import write_dicom
+
+    arr = np.random.default_rng(1).integers(0, 4095, (60, 50)).astype(np.uint16)
+    write_dicom(tmp_path / name, arr, "MONOCHROME2", 12, **tags)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("modality", ["CT", "MR", "SEG"])
+def test_a_dicom_of_another_modality_is_a_reject(tmp_path, modality):
+    rec = _record(_dicom(tmp_path, "x.dcm", Modality=modality), None, [])
+    row, rejects = process_record(rec, 32, True, None)
+    assert row is None and [r.stage for r in rejects] == ["image"]
+    assert f"Modality '{modality}'" in rejects[0].reason and "CR, DX" in rejects[0].reason
+    row, rejects = process_record(rec, 32, True, None, allowed_modalities=["CR", "DX", modality])
+    assert row is not None and rejects == []
+    assert process_record(rec, 32, True, None, allowed_modalities=[])[0] is not None
+
+
+def test_radiographs_pass_and_a_missing_modality_is_kept_with_a_note(tmp_path):
+    for modality in ("CR", "DX", "dx "):
+        row, rejects = process_record(_record(_dicom(tmp_path, "r.dcm", Modality=modality), None, []), 32, True, None)
+        assert row is not None and rejects == [], modality
+    row, rejects = process_record(_record(_dicom(tmp_path, "n.dcm"), None, []), 32, True, None)
+    assert row is not None and len(rejects) == 1 and "no Modality tag; kept" in rejects[0].reason
+
+
+def test_a_jpeg_has_no_modality_to_check(small_jpeg):
+    row, rejects = process_record(_record(small_jpeg, None, []), 32, True, None)
+    assert row is not None and rejects == []
