@@ -206,3 +206,28 @@ def test_int8_cpu_inference_keeps_the_answers(trained_tiny) -> None:
     fp32 = [r.sentence for r in model.query(batch.images[0, 0], boxes=boxes)]
     int8 = [r.sentence for r in quantized.query(batch.images[0, 0], boxes=boxes)]
     assert int8 == fp32
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "j2k_dicom"])
+def test_a_query_sees_the_pixels_ingest_stores(kind, tmp_path) -> None:
+    """`chex query` and ingest decode a file through one function: the model input is the stored PNG, bit for bit."""
+    from pipelines.process import process_record
+    from preprocessing.image_io import decode_png
+    from preprocessing.records import RawRecord
+    from pydicom.uid import JPEG2000
+
+    img = np.round(np.random.default_rng(2).random((300, 260)) * 900 + 50)
+    if kind == "jpeg":
+        path = tmp_path / "x.jpg"
+        Image.fromarray((img / 4).astype(np.uint8)).save(path, quality=90)
+    else:
+        path = tmp_path / "x.dcm"
+        ds = write_dicom(path, img.astype(np.uint16), "MONOCHROME1", 10, Modality="CR", WindowCenter=500, WindowWidth=600)
+        ds.compress(JPEG2000, j2k_cr=[10])
+        ds.save_as(path, enforce_file_format=True)
+    rec = RawRecord(source="vindr_cxr", split="test", sample_id="x", image_id="x", image_path=str(path), source_path="x")
+    row, rejects = process_record(rec, 64, True, None)
+    assert rejects == []
+    prepared = prepare_image(path, 64)
+    assert np.array_equal((prepared.pixels[0, 0].numpy() * 255).round().astype(np.uint8), decode_png(row["image_png"]))
+    assert (prepared.width, prepared.height) == (260, 300)
