@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 import torch
 
+from chex_model.checkpoint import CheckpointError
 from chex_model.chex import ChEX
 from chex_model.config import ChexConfig, preset
 from chex_model.image_encoder import normalize
@@ -130,9 +131,9 @@ def test_save_load_round_trip_gives_identical_outputs(model, feats, tmp_path) ->
     sa, sb = model.state_dict(), again.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"not a checkpoint")
-    with pytest.raises(Exception):
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
         ChEX.from_pretrained(tmp_path / "ckpt")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CheckpointError, match="no such folder"):
         ChEX.from_pretrained(tmp_path / "missing")
 
 
