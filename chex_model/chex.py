@@ -35,6 +35,7 @@ from chex_model.config import ChexConfig
 from chex_model.detector import Detections, PromptDetector
 from chex_model.generator import SentenceGenerator
 from chex_model.image_encoder import ImageEncoder
+from chex_model.multitask import multitask_losses
 from chex_model.post_decoder import PostDecoder
 from chex_model.presence import CALIBRATION_FILE, pair_key, paired_margin
 from chex_model.prompt_encoder import PromptEncoder
@@ -237,8 +238,6 @@ class ChEX(nn.Module):
     def forward(self, batch, region_encoding: str = "prompts", generate: bool = True) -> dict[str, Tensor]:
         """Training: every loss term of a :class:`~chex_model.multitask.Batch` by name (so engines such as DeepSpeed,
         which wrap ``forward``, see the whole step)."""
-        from chex_model.multitask import multitask_losses
-
         out = multitask_losses(self, batch, region_encoding, generate)
         if torch.is_grad_enabled():
             # zero-valued, but it puts every trainable parameter into every rank's graph: data-parallel engines then

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from infra.config import ConfigError, from_dict
+from chex_model.typed_config import ConfigError, from_dict
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "model"
 PRESETS = ("paper", "factorized", "tiny")

@@ -6,10 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from chex_model import losses
-from chex_model.chex import ChEX
 from chex_model.image_encoder import normalize
 
 
@@ -64,7 +63,7 @@ def _prompt_class_probs(box_features: Tensor, pos: Tensor, neg: Tensor) -> Tenso
     return torch.sigmoid(lp - ln)
 
 
-def text_pretrain_loss(model: ChEX, sentences: list[list[str]]) -> dict[str, Tensor]:
+def text_pretrain_loss(model: nn.Module, sentences: list[list[str]]) -> dict[str, Tensor]:
     """Sentence-generator pre-training (reference "txtgen" stage): each report sentence is generated from its own
     frozen CLIP embedding under dropout, so the prefix learns to read the shared space before it sees ROI tokens."""
     flat = [s for row in sentences for s in row]
@@ -75,8 +74,9 @@ def text_pretrain_loss(model: ChEX, sentences: list[list[str]]) -> dict[str, Ten
     return {"text_gen": model.generator.loss(emb, flat)}
 
 
-def multitask_losses(model: ChEX, batch: Batch, region_encoding: str = "prompts", generate: bool = True) -> dict[str, Tensor]:
-    """``region_encoding``: anatomy ROI tokens from the detector ("prompts") or from the ground-truth boxes ("boxes");
+def multitask_losses(model: nn.Module, batch: Batch, region_encoding: str = "prompts", generate: bool = True) -> dict[str, Tensor]:
+    """Every loss term of ``model`` (a :class:`~chex_model.chex.ChEX`) on ``batch``. ``region_encoding``: anatomy ROI
+    tokens from the detector ("prompts") or from the ground-truth boxes ("boxes");
     "text" runs only the sentence-generator pre-training loss (no image)."""
     if region_encoding == "text":
         return text_pretrain_loss(model, batch.sentences or [])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from infra.config import ConfigError, from_dict
+from chex_model.typed_config import ConfigError, from_dict
 from preprocessing.classes import (
     CHEXPERT_14,
     CIG_ANATOMICAL_FINDINGS_43,

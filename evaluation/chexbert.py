@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from evaluation.labeler import BLANK, CONDITIONS, POSITIVE
+from preprocessing.labeler import BLANK, CONDITIONS, POSITIVE, Labeler, RuleLabeler
 
 _PREFIX = "module."
 _IGNORED_BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")  # saved by old transformers
@@ -91,3 +91,23 @@ class CheXbertLabeler:
                 codes[:, -1] = np.where(codes[:, -1] == 1, POSITIVE, BLANK)
                 out[rows] = codes
         return out
+
+
+def load_labeler(spec: str | None) -> Labeler:
+    """`None` / "rules" -> RuleLabeler; "chexbert:<checkpoint>[,<bert dir>]" -> CheXbertLabeler (local files only)."""
+    usage = 'labeler must be "rules" or "chexbert:<path to chexbert.pth>[,<bert-base-uncased folder>]"'
+    if spec is None or (isinstance(spec, str) and spec.strip() == "rules"):
+        return RuleLabeler()
+    if not isinstance(spec, str) or not spec.strip().startswith("chexbert:"):
+        raise ValueError(f"{usage}; got {spec!r}")
+    spec = spec.strip()
+    checkpoint, _, bert_dir = spec[len("chexbert:"):].partition(",")
+    if not checkpoint.strip():
+        raise ValueError(f"{usage}; the checkpoint path is missing in {spec!r}")
+    ckpt = Path(checkpoint.strip()).expanduser()
+    bert = Path(bert_dir.strip()).expanduser() if bert_dir.strip() else ckpt.parent / "bert"
+    if not ckpt.is_file():
+        raise ValueError(f"{usage}; checkpoint {str(ckpt)!r} is not a file")
+    if not bert.is_dir():
+        raise ValueError(f"{usage}; BERT folder {str(bert)!r} (config + vocabulary) is not a directory")
+    return CheXbertLabeler(ckpt, bert)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import f1_score
 
-from evaluation.labeler import CONDITIONS, POSITIVE, UNCERTAIN
+from preprocessing.labeler import CONDITIONS, POSITIVE, UNCERTAIN
 
 FIVE: tuple[str, ...] = ("Cardiomegaly", "Edema", "Consolidation", "Atelectasis", "Pleural Effusion")
 _FIVE_IDX = [CONDITIONS.index(c) for c in FIVE]

@@ -57,7 +57,7 @@ class EvalConfig:
     postprocess: dict[str, BoxPostprocess] = field(default_factory=_default_postprocess)
 
     def __post_init__(self) -> None:
-        from infra.config import ConfigError
+        from chex_model.typed_config import ConfigError
 
         tasks: list[str] = []
         for t in self.tasks:

@@ -77,7 +77,7 @@ class Evaluation:
     @property
     def labeler(self):
         if self._labeler is None:
-            from evaluation.labeler import load_labeler
+            from evaluation.chexbert import load_labeler
 
             self._labeler = load_labeler(self.cfg.labeler)
         return self._labeler

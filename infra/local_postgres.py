@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from infra.mlflow_server import free_port
+from infra.ports import free_port
 
 
 class MissingPostgresError(RuntimeError):

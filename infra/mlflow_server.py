@@ -14,23 +14,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 
+from infra.ports import free_port
+
 
 def command(backend_uri: str, artifacts: str, host: str = "127.0.0.1", port: int = 5000, workers: int = 1) -> list[str]:
     return [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", str(workers),
             "--backend-store-uri", backend_uri, "--serve-artifacts", "--artifacts-destination", artifacts]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_healthy(uri: str, timeout_s: float = 90.0, proc: subprocess.Popen | None = None) -> None:

@@ -24,7 +24,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
 
-from infra.ray_runtime import init_ray
+from pipelines.ray_runtime import init_ray
 from pipelines import manifest as mf
 from pipelines.ingest_config import IngestConfig
 from pipelines.process import read_reports, row_digest, safe_process_record

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from infra.config import ConfigError
+from chex_model.typed_config import ConfigError
 from pipelines.lineage import code_tags, dataset_inputs, ensure_experiment
 from pipelines.train_config import StageConfig, TrainConfig
 from pipelines.train_data import build_dataset, epoch_steps, ms_cxr_image_ids
@@ -58,7 +58,7 @@ def run_stage(cfg: TrainConfig, stage: StageConfig, init_model: Path, parent_run
     run (default: the stage); ``fail_at_step`` kills the last worker once at that step (fault-tolerance drills)."""
     import ray.data
 
-    from infra.ray_runtime import init_ray
+    from pipelines.ray_runtime import init_ray
 
     init_ray(None)
     ctx = ray.data.DataContext.get_current()

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infra.config import ConfigError, load_config
+from chex_model.typed_config import ConfigError, load_config
 from pipelines.augment import AugmentConfig
 
 TRAINABLE = ("image_encoder", "image_encoder_top", "detector", "post_decoder", "generator")
@@ -104,7 +104,7 @@ class TrainConfig:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
     def stage_configs(self) -> list[StageConfig]:
-        from infra.config import from_dict
+        from chex_model.typed_config import from_dict
 
         stages = [from_dict(StageConfig, s, f"stages[{i}].") for i, s in enumerate(self.stages)]
         for s in stages:

@@ -22,7 +22,7 @@ import torch
 from chex_model.chex import ANCHOR, ChEX
 from chex_model.image_encoder import normalize
 from chex_model.multitask import Batch
-from infra.config import from_dict
+from chex_model.typed_config import from_dict
 from pipelines.collate import collate
 from pipelines.engines import DdpEngine, DeepSpeedEngine
 from pipelines.lineage import ensure_experiment

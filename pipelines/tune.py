@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from infra.config import ConfigError, from_dict, load_config
+from chex_model.typed_config import ConfigError, from_dict, load_config
 from pipelines.lineage import code_tags, ensure_experiment
 from pipelines.train_config import StageConfig, TrainConfig, load_train_config
 from pipelines.train_loop import GROUP_FILE
@@ -157,7 +157,7 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, train_cfg: TrainCo
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from infra.ray_runtime import init_ray
+    from pipelines.ray_runtime import init_ray
     from pipelines.train import stage_input
 
     train_cfg = copy.deepcopy(train_cfg) if train_cfg is not None else load_train_config(Path(sweep.train))

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from infra.config import ConfigError, load_config
+from chex_model.typed_config import ConfigError, load_config
 
 if TYPE_CHECKING:
     from pipelines.train_config import StageConfig
@@ -138,7 +138,7 @@ class Pipeline:
 
     def _stage_config(self, name: str, up: dict[str, Any]) -> StageConfig:
         """A training stage's config, with the sweep's best values applied to the swept stage."""
-        from infra.config import from_dict
+        from chex_model.typed_config import from_dict
         from pipelines.train_config import StageConfig
         from pipelines.tune import apply_params
 
@@ -165,7 +165,7 @@ class Pipeline:
     def run(self, from_stage: str | None = None, only: str | None = None, address: str | None = None) -> list[StageRecord]:
         import mlflow
 
-        from infra.ray_runtime import init_ray
+        from pipelines.ray_runtime import init_ray
         from pipelines.lineage import code_tags, ensure_experiment, flatten
 
         names = self.stage_names

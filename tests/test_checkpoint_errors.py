@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from chex_model.checkpoint import CheckpointError
 from chex_model.chex import ChEX
-from chex_model.cli import main
+from pipelines.cli import main
 
 
 def _config(folder: Path) -> dict:

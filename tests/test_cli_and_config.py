@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chex_model.cli import main
-from infra.config import ConfigError, from_dict, load_config
+from pipelines.cli import main
+from chex_model.typed_config import ConfigError, from_dict, load_config
 from pipelines.ingest_config import IngestConfig
 
 REPO = Path(__file__).resolve().parents[1]

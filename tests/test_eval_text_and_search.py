@@ -93,7 +93,7 @@ def test_search_finds_box_scale_and_scoring_mode():
 
 
 def test_missing_java_is_one_clear_error(monkeypatch, ingested, tmp_path, capsys):
-    from chex_model.cli import main
+    from pipelines.cli import main
     from evaluation.meteor import MissingJavaError
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no java (nor anything else) on PATH

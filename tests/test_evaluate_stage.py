@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from chex_model.cli import main
+from pipelines.cli import main
 from evaluation.config import ALL_TASKS, Bootstrap, EvalConfig
 from evaluation.evaluate import Evaluation
-from infra.config import ConfigError, load_config
+from chex_model.typed_config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 HEADLINE = {"od_vindr": "mAP", "od_nih": "mAP", "od_mscxr": "mAP", "sg_mscxr": "mIoU", "rc_mscxr": "auroc",
@@ -50,7 +50,7 @@ def test_report_scores_separate_oracle_from_chance_on_many_reports():
     """200 synthetic reports: the reference against itself vs against another study's report."""
     import numpy as np
 
-    from evaluation.labeler import load_labeler
+    from evaluation.chexbert import load_labeler
     from evaluation.meteor import MeteorScorer
     from evaluation.task_text import TextSamples, TextScorer, shuffled
     from preprocessing.synth.truth import sample_studies

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from evaluation.labeler import CONDITIONS, NEGATIVE, POSITIVE, UNCERTAIN, RuleLabeler, with_no_finding
+from preprocessing.labeler import CONDITIONS, NEGATIVE, POSITIVE, UNCERTAIN, RuleLabeler, with_no_finding
 from pipelines.collate import collate
 from pipelines.finding_text import finding_targets, found, report_queries, route, sentence_codes
 from preprocessing.classes import CHEXPERT_14

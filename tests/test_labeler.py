@@ -13,7 +13,8 @@ import yaml
 from sklearn.metrics import f1_score
 
 from evaluation.clinical_f1 import FIVE, binary_5plus, binary_14, ce_metrics, example_f1, macro_f1, micro_f1
-from evaluation.labeler import BLANK, CONDITIONS, NEGATIVE, POSITIVE, UNCERTAIN, RuleLabeler, load_labeler
+from evaluation.chexbert import load_labeler
+from preprocessing.labeler import BLANK, CONDITIONS, NEGATIVE, POSITIVE, UNCERTAIN, RuleLabeler
 from preprocessing.synth.catalog import CATALOG, NORMAL_SENTENCES, SIZE_WORDS
 
 HAND_SET = Path(__file__).parent / "data" / "labeler_sentences.yaml"

@@ -101,7 +101,7 @@ def test_frozen_parameters_get_no_gradient_and_run_in_eval_mode() -> None:
 def test_conv_branch_lands_on_the_patch_grid_and_is_translation_equivariant() -> None:
     """The branch adds local features cell by cell: a lesion moved by one patch moves its features by one cell."""
     from chex_model.conv_branch import ConvBranch
-    from infra.config import ConfigError
+    from chex_model.typed_config import ConfigError
 
     torch.manual_seed(0)
     branch = ConvBranch([8, 8, 16, 16], 12).eval()
@@ -213,7 +213,7 @@ def test_paper_preset_matches_reference_parameter_counts() -> None:
 
 
 def test_presets_load_and_reject_bad_values(tmp_path) -> None:
-    from infra.config import ConfigError
+    from chex_model.typed_config import ConfigError
 
     assert preset("paper") == ChexConfig()
     tiny = preset("tiny")

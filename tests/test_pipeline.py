@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chex_model.cli import main
+from pipelines.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,7 +114,7 @@ def test_pipeline_runs_skips_reruns_what_changed_and_survives_a_failure(tmp_path
 
 def test_shipped_pipeline_configs_load():
     from pipelines.workflow import PipelineConfig
-    from infra.config import load_config
+    from chex_model.typed_config import load_config
 
     from dataclasses import asdict
 
@@ -132,7 +132,7 @@ def test_kuberay_rayjob_runs_the_paper_pipeline_on_gpu_workers():
     import re
     import tomllib
 
-    from infra.config import load_config
+    from chex_model.typed_config import load_config
     from pipelines.train_config import load_train_config
     from pipelines.workflow import PipelineConfig
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from chex_model.cli import main
+from pipelines.cli import main
 from chex_model.inference import prepare_image, remove_near_duplicates
 from chex_model.image_encoder import normalize
 from chex_model.presence import pair_key, paired_margin

@@ -61,7 +61,7 @@ def test_register_then_lineage_walks_back_to_the_raw_digests(ingested, tiny_mode
 
     import mlflow
 
-    from chex_model.cli import main
+    from pipelines.cli import main
     from evaluation.config import Bootstrap, EvalConfig
     from pipelines.evaluate import run_evaluation
     from pipelines.lineage import dataset_inputs, ensure_experiment, log_dataset

@@ -2,7 +2,7 @@
 
 The reference labels texts with CheXbert; its weights cannot be downloaded here, so the default `RuleLabeler` is a
 rule-based approximation of it (`CheXbertLabeler` in evaluation/chexbert.py loads the real checkpoint when a user
-has it). The rules follow the CheXpert labeler's design: mention phrases per condition, then negation and
+has it; `evaluation.chexbert.load_labeler` picks one). The rules follow the CheXpert labeler's design: mention phrases per condition, then negation and
 uncertainty cues, then aggregation. It has no dependency parser, so cue scope is a clause: NegEx-style windows
 that stop at "but", "however", "although", ";", "which", ", there", "and a", ... (`_Sentence.blocks_forward`).
 
@@ -407,25 +407,3 @@ class RuleLabeler:
     def label(self, texts: Sequence[str]) -> np.ndarray:
         """Codes (len(texts), 14): :meth:`mentions` with No Finding set from the findings."""
         return with_no_finding(self.mentions(texts))
-
-
-def load_labeler(spec: str | None) -> Labeler:
-    """`None` / "rules" -> RuleLabeler; "chexbert:<checkpoint>[,<bert dir>]" -> CheXbertLabeler (local files only)."""
-    usage = 'labeler must be "rules" or "chexbert:<path to chexbert.pth>[,<bert-base-uncased folder>]"'
-    if spec is None or (isinstance(spec, str) and spec.strip() == "rules"):
-        return RuleLabeler()
-    if not isinstance(spec, str) or not spec.strip().startswith("chexbert:"):
-        raise ValueError(f"{usage}; got {spec!r}")
-    spec = spec.strip()
-    checkpoint, _, bert_dir = spec[len("chexbert:"):].partition(",")
-    if not checkpoint.strip():
-        raise ValueError(f"{usage}; the checkpoint path is missing in {spec!r}")
-    ckpt = Path(checkpoint.strip()).expanduser()
-    bert = Path(bert_dir.strip()).expanduser() if bert_dir.strip() else ckpt.parent / "bert"
-    if not ckpt.is_file():
-        raise ValueError(f"{usage}; checkpoint {str(ckpt)!r} is not a file")
-    if not bert.is_dir():
-        raise ValueError(f"{usage}; BERT folder {str(bert)!r} (config + vocabulary) is not a directory")
-    from evaluation.chexbert import CheXbertLabeler
-
-    return CheXbertLabeler(ckpt, bert)

@@ -1,0 +1,55 @@
+"""`chex train` (the workflow's training stages) and `chex tune` (a Ray Tune sweep of one stage)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipelines.cli.args import add_ray_address, existing, positive
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="multitask training: the workflow's stages on Ray Train + DeepSpeed")
+    p.add_argument("--config", type=Path, default=Path("configs/train/demo.yaml"), help="training workflow YAML")
+    p.add_argument("--stage", action="append", default=[], help="run only this stage (repeatable; default all)")
+    add_ray_address(p)
+    p.add_argument("--workers", type=positive, default=None, help="override the number of training workers")
+    p.add_argument("--gpus", action="store_true", help="one GPU per worker (NCCL; use a bf16 DeepSpeed config)")
+    p.add_argument("--workdir", type=Path, default=None, help="override the workflow's output folder")
+    p.set_defaults(run=run_train)
+
+    tune = sub.add_parser("tune", help="Ray Tune sweep of one stage (ASHA, MLflow child run per trial)")
+    tune.add_argument("--config", type=Path, default=Path("configs/tune/demo.yaml"), help="sweep YAML")
+    add_ray_address(tune)
+    tune.add_argument("--samples", type=positive, default=None, help="override the number of trials")
+    tune.set_defaults(run=run_tune)
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from pipelines.ray_runtime import init_ray
+    from pipelines.train import run_workflow
+    from pipelines.train_config import load_train_config
+
+    cfg = load_train_config(existing(args.config, "--config"))
+    if args.workers:
+        cfg.workers = args.workers
+    if args.gpus:
+        cfg.use_gpu = True
+    if args.workdir:
+        cfg.workdir = str(args.workdir)
+    cfg.accumulation()
+    init_ray(args.address)
+    for res in run_workflow(cfg, only=args.stage or None):
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(res.metrics.items()) if k.startswith("val/"))
+        print(f"stage {res.name}: model {res.model_dir} ({shown})")
+    print(f"MLflow: {cfg.tracking_uri()} (experiment {cfg.mlflow.experiment})")
+
+
+def run_tune(args: argparse.Namespace) -> None:
+    from pipelines.tune import load_sweep_config, run_sweep
+
+    sweep = load_sweep_config(existing(args.config, "--config"))
+    if args.samples:
+        sweep.num_samples = args.samples
+    res = run_sweep(sweep, args.address)
+    print(f"{res.trials} trials; best {sweep.metric} = {res.best_metrics[sweep.metric]:.4g} with {res.best_params}")
+    print(f"best config: {res.best_config}")
