@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from preprocessing.box_geometry import cxcywh_to_xyxy
+
 PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212))
 
@@ -37,9 +39,7 @@ def render(image: np.ndarray, annotations: Sequence[Annotation], width: int = 76
         if a.box is None:
             continue
         color = PALETTE[i % len(PALETTE)]
-        cx, cy, bw, bh = a.box
-        x1, y1 = (cx - bw / 2) * xray.width, (cy - bh / 2) * xray.height
-        x2, y2 = (cx + bw / 2) * xray.width, (cy + bh / 2) * xray.height
+        x1, y1, x2, y2 = (cxcywh_to_xyxy(np.asarray(a.box)) * np.tile([xray.width, xray.height], 2)).tolist()
         draw.rectangle((x1, y1, x2, y2), outline=color, width=max(2, width // 256))
         draw.text((x1 + 3, y1 + 2), str(i + 1), fill=color, font=font)
     for row, (i, text) in enumerate(lines):

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from preprocessing.box_geometry import cxcywh_to_xyxy
 from preprocessing.classes import FRONTAL_VIEWS
 
 Row = dict[str, Any]
@@ -31,17 +32,7 @@ def load_rows(tables: Path, source: str, split: str, limit: int = 0, frontal_onl
 
 def xyxy(box: dict[str, float]) -> list[float]:
     """A stored (cx, cy, w, h) box struct -> normalized xyxy."""
-    return [box["cx"] - box["w"] / 2, box["cy"] - box["h"] / 2, box["cx"] + box["w"] / 2, box["cy"] + box["h"] / 2]
-
-
-def to_cxcywh(b: np.ndarray) -> np.ndarray:
-    b = np.asarray(b, dtype=np.float64)
-    return np.stack(((b[..., 0] + b[..., 2]) / 2, (b[..., 1] + b[..., 3]) / 2, b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]), -1)
-
-
-def to_xyxy(b: np.ndarray) -> np.ndarray:
-    b = np.asarray(b, dtype=np.float64)
-    return np.stack((b[..., 0] - b[..., 2] / 2, b[..., 1] - b[..., 3] / 2, b[..., 0] + b[..., 2] / 2, b[..., 1] + b[..., 3] / 2), -1)
+    return cxcywh_to_xyxy(np.array([box["cx"], box["cy"], box["w"], box["h"]], dtype=np.float64)).tolist()
 
 
 def unique_boxes(boxes) -> np.ndarray:

@@ -17,6 +17,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from preprocessing.box_geometry import xyxy_to_xywh
+
 IOU_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 SCALE = 1000.0
@@ -50,8 +52,7 @@ class Matches:
 
 
 def _coco_box(xyxy: np.ndarray) -> list[float]:
-    x1, y1, x2, y2 = (float(v) * SCALE for v in xyxy)
-    return [x1, y1, max(x2 - x1, 0.0), max(y2 - y1, 0.0)]
+    return np.maximum(xyxy_to_xywh(np.asarray(xyxy, dtype=np.float64) * SCALE), 0.0).tolist()
 
 
 def match(samples: Sequence[ImageBoxes], n_classes: int, iou_thresholds: Sequence[float] = IOU_THRESHOLDS) -> Matches:

@@ -19,9 +19,10 @@ from evaluation import task_region_cls as rc
 from evaluation import task_text as tx
 from evaluation.bootstrap import bootstrap
 from evaluation.config import EvalConfig
-from evaluation.data import Row, load_rows, to_xyxy
+from evaluation.data import Row, load_rows
 from evaluation.detection_map import map_metrics, pr_curve
 from evaluation.figures import example_picture, pr_figure
+from preprocessing.box_geometry import cxcywh_to_xyxy
 from preprocessing.image_io import decode_png
 
 log = logging.getLogger(__name__)
@@ -285,7 +286,7 @@ class Evaluation:
         def generate() -> list[str]:
             reports = self.runner.reports([rows[i] for i in samples.row], prompt_set)
             for k, rep in enumerate(reports):
-                grounded[k] = [(s.query, to_xyxy(np.asarray(s.box)) if s.finding else None, s.sentence) for s in rep.sentences]
+                grounded[k] = [(s.query, cxcywh_to_xyxy(np.asarray(s.box)) if s.finding else None, s.sentence) for s in rep.sentences]
                 if rep.undetermined:
                     grounded[k].append(("cannot tell", None, ", ".join(rep.undetermined)))
             return [rep.text for rep in reports]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from chex_model.draw import Annotation, render
-from evaluation.data import to_cxcywh
+from preprocessing.box_geometry import xyxy_to_cxcywh
 
 
 def pr_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path: Path) -> Path:
@@ -34,9 +34,9 @@ def pr_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path
 def example_picture(image: np.ndarray, predicted: Sequence[tuple[str, np.ndarray, str]],
                     true: Sequence[tuple[str, np.ndarray, str]], path: Path, width: int = 512) -> Path:
     """``(label, xyxy box or None, text)`` triples; predictions are listed first, then the ground truth."""
-    notes = [Annotation("pred", None if box is None else to_cxcywh(box).tolist(), f"{label}: {text}" if text else label)
+    notes = [Annotation("pred", None if box is None else xyxy_to_cxcywh(box).tolist(), f"{label}: {text}" if text else label)
              for label, box, text in predicted]
-    notes += [Annotation("true", to_cxcywh(box).tolist(), f"{label}: {text}" if text else label) for label, box, text in true]
+    notes += [Annotation("true", xyxy_to_cxcywh(box).tolist(), f"{label}: {text}" if text else label) for label, box, text in true]
     path.parent.mkdir(parents=True, exist_ok=True)
     render(image, notes, width=width).save(path)
     return path

@@ -16,6 +16,8 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import convolve1d
 
+from preprocessing.box_geometry import cxcywh_to_xyxy, xyxy_to_cxcywh
+
 
 @dataclass
 class AugmentConfig:
@@ -80,16 +82,16 @@ def warp_boxes(boxes: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.nd
     """``(K, 4)`` (cx, cy, w, h) -> transformed, clipped boxes and the visible fraction of each."""
     if len(boxes) == 0:
         return boxes.reshape(0, 4), np.zeros(0)
-    cx, cy, w, h = boxes.T
-    xs = np.stack([cx - w / 2, cx + w / 2, cx + w / 2, cx - w / 2], axis=1)
-    ys = np.stack([cy - h / 2, cy - h / 2, cy + h / 2, cy + h / 2], axis=1)
+    x1, y1, x2, y2 = cxcywh_to_xyxy(boxes).T
+    xs = np.stack([x1, x2, x2, x1], axis=1)
+    ys = np.stack([y1, y1, y2, y2], axis=1)
     pts = np.stack([xs, ys, np.ones_like(xs)], axis=-1) @ matrix.T  # (K, 4, 3)
     x1, y1 = pts[..., 0].min(1), pts[..., 1].min(1)
     x2, y2 = pts[..., 0].max(1), pts[..., 1].max(1)
     area = (x2 - x1) * (y2 - y1)
     cx1, cy1, cx2, cy2 = np.clip(x1, 0, 1), np.clip(y1, 0, 1), np.clip(x2, 0, 1), np.clip(y2, 0, 1)
     visible = np.clip(cx2 - cx1, 0, None) * np.clip(cy2 - cy1, 0, None) / np.maximum(area, 1e-12)
-    out = np.stack([(cx1 + cx2) / 2, (cy1 + cy2) / 2, cx2 - cx1, cy2 - cy1], axis=1)
+    out = xyxy_to_cxcywh(np.stack([cx1, cy1, cx2, cy2], axis=1))
     return out.astype(np.float32), visible
 
 

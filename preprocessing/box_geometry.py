@@ -36,6 +36,12 @@ def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     return np.concatenate([b[..., :2], b[..., :2] + b[..., 2:]], axis=-1)
 
 
+def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
+    """``(x1, y1, x2, y2)`` -> ``(x, y, w, h)`` (COCO's box format)."""
+    b = _as_boxes(boxes)
+    return np.concatenate([b[..., :2], b[..., 2:] - b[..., :2]], axis=-1)
+
+
 def cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     """``(cx, cy, w, h)`` -> ``(x1, y1, x2, y2)``."""
     b = _as_boxes(boxes)

@@ -8,8 +8,10 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
+from preprocessing.box_geometry import xywh_to_xyxy
 from preprocessing.records import GroundedPhrase, PixelBox, RawRecord, Reject, relative
 from preprocessing.sentences import clean_phrase
 from preprocessing.tables import glob_tables, read_csv_strings
@@ -75,7 +77,7 @@ def read_ms_cxr(root: Path, raw_root: Path, mimic_images: pl.DataFrame) -> tuple
             continue
         category = row["category_name"]
         entry = grouped[dicom_id].setdefault(phrase, GroundedPhrase(phrase, category, []))
-        entry.boxes.append(PixelBox(category, x, y, x + w, y + h))
+        entry.boxes.append(PixelBox(category, *xywh_to_xyxy(np.array([x, y, w, h])).tolist()))
         if row.get("split"):
             official_split[dicom_id] = SPLIT_MAP.get(row["split"], row["split"])
     records = []

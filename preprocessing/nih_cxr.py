@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from preprocessing.box_geometry import xywh_to_xyxy
 from preprocessing.classes import NIH_14, NIH_LABEL_ALIASES, NIH_NO_FINDING
 from preprocessing.records import PixelBox, RawRecord, Reject, relative
 from preprocessing.tables import find_table, read_csv_rows
@@ -39,7 +40,7 @@ def read_nih(root: Path, raw_root: Path, seed: int) -> tuple[list[RawRecord], li
                                       f"unreadable box row {row}", row[0] if row else ""))
                 continue
             name = NIH_LABEL_ALIASES.get(row[1], row[1])
-            boxes[row[0]].append(PixelBox(name, x, y, x + w, y + h))
+            boxes[row[0]].append(PixelBox(name, *xywh_to_xyxy(np.array([x, y, w, h])).tolist()))
     files = index_images(root)
     entries = []
     for i, row in enumerate(read_csv_rows(entry_path)):
