@@ -2,7 +2,6 @@
 and record it all in an MLflow run that names the evaluated model and the dataset digests."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -13,7 +12,9 @@ from typing import Any
 from evaluation.config import EvalConfig
 from evaluation.evaluate import SOURCES, Evaluation, TaskResult
 from evaluation.table import markdown
-from pipelines.lineage import code_tags, dataset_inputs, ensure_experiment, flatten, log_dataset
+from pipelines.digests import file_sha256
+from pipelines.lineage import code_tags, dataset_inputs, flatten, log_dataset
+from pipelines.tracking import STORE, Tracking, default_uri
 from pipelines.train import EXPORT_TAG
 
 log = logging.getLogger(__name__)
@@ -25,18 +26,10 @@ def default_tracking_uri(model_dir: Path | None, out: Path) -> str:
     """The training workdir's store when the model is a training export (``<workdir>/<stage>/model``), so the
     evaluation run sits beside the runs that made the model; else a store in the output folder."""
     if model_dir is not None:
-        store = Path(model_dir).resolve().parent.parent / "mlflow.db"
-        if store.is_file():
-            return f"sqlite:///{store}"
-    return f"sqlite:///{Path(out).resolve() / 'mlflow.db'}"
-
-
-def weights_digest(model_dir: Path) -> str:
-    h = hashlib.sha256()
-    with open(Path(model_dir) / "model.safetensors", "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        workdir = Path(model_dir).resolve().parent.parent
+        if (workdir / STORE).is_file():
+            return default_uri(workdir)
+    return default_uri(out)
 
 
 def metric_key(task: str, name: str) -> str:
@@ -69,18 +62,17 @@ def run_evaluation(tables: Path, cfg: EvalConfig, out: Path, model_dir: Path | N
         runner = ModelRunner(ChEX.from_pretrained(model_dir), cfg.batch_size, cfg.max_new_tokens, show_progress)
     uri = tracking_uri or default_tracking_uri(model_dir, out)
     client = mlflow.MlflowClient(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment_id=ensure_experiment(uri, experiment))
+    Tracking(uri, experiment).activate()
     tags = {**code_tags(), "predictor": cfg.predictor, "split": cfg.split}
     if model_dir is not None:
-        tags.update({"model_dir": str(Path(model_dir).resolve()), "model_sha256": weights_digest(model_dir)})
+        tags.update({"model_dir": str(Path(model_dir).resolve()), "model_sha256": file_sha256(Path(model_dir) / "model.safetensors")})
         train_run = _training_run(client, model_dir)
         if train_run:
             tags["training_run_id"] = train_run
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     name = f"evaluate-{cfg.predictor}" + (f"-{Path(model_dir).resolve().parent.name}" if model_dir is not None else "")
-    with mlflow.start_run(run_name=name, tags=tags, nested=mlflow.active_run() is not None) as run:
+    with mlflow.start_run(run_name=name, tags=tags, nested=parent_run_id is not None) as run:
         mlflow.log_params(flatten({"eval": asdict(cfg)}))
         searched = {t for t in cfg.tasks if cfg.search and cfg.predictor == "model" and t.startswith(("od_", "sg_"))}
         used = sorted({f"{SOURCES[t]}/{cfg.split}" for t in cfg.tasks} | {f"{SOURCES[t]}/{cfg.val_split}" for t in searched})

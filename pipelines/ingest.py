@@ -7,8 +7,6 @@ without reading the images back.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 import time
@@ -26,6 +24,7 @@ import ray
 
 from pipelines.ray_runtime import init_ray
 from pipelines import manifest as mf
+from pipelines.digests import content_digest, dataset_digest, key_of, stat_fingerprint
 from pipelines.ingest_config import IngestConfig
 from pipelines.process import read_reports, row_digest, safe_process_record
 from pipelines.schema import PARTITION_COLUMNS, REJECT_SCHEMA, SCHEMA, SCHEMA_VERSION
@@ -146,10 +145,10 @@ def _input_fingerprint(roots: dict[str, Path], cfg: IngestConfig, code: dict[str
                        ) -> tuple[str, dict[str, list[mf.RawFile]], dict[str, str]]:
     """One fingerprint over the consumed raw files (path, size, mtime), the config, schema and code version."""
     files = {name: mf.scan_files(root, SOURCE_FILES[name]) for name, root in roots.items()}
-    parts = {name: mf.stat_fingerprint(fs, roots[name]) for name, fs in files.items()}
-    payload = json.dumps({"schema": SCHEMA_VERSION, "config": asdict(cfg), "roots": {k: str(v) for k, v in roots.items()},
-                          "files": parts, "code": code}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest(), files, parts
+    parts = {name: stat_fingerprint(fs, roots[name]) for name, fs in files.items()}
+    payload = {"schema": SCHEMA_VERSION, "config": asdict(cfg), "roots": {k: str(v) for k, v in roots.items()},
+               "files": parts, "code": code}
+    return key_of(payload), files, parts
 
 
 def run_ingest(raw: Path, out: Path, cfg: IngestConfig, address: str | None = None, force: bool = False) -> dict[str, Any]:
@@ -221,7 +220,7 @@ def _summarize(staging: Path, rows: dict[tuple[str, str, str], str]) -> dict[str
         on_disk = pads.dataset(staging / f"source={source}" / f"split={split}", format="parquet").count_rows()
         if on_disk != len(digests):
             raise RuntimeError(f"{rel}: wrote {on_disk} rows but processed {len(digests)}")
-        out[key] = {"path": rel, "rows": on_disk, "digest": mf.dataset_digest(digests)}
+        out[key] = {"path": rel, "rows": on_disk, "digest": dataset_digest(digests)}
     return out
 
 
@@ -238,7 +237,7 @@ def _raw_digests(roots: dict[str, Path], files: dict[str, list[mf.RawFile]], sta
         elif old.get("stat_fingerprint") == stats[name] and not str(old.get("digest", "stat:")).startswith("stat:"):
             digest = old["digest"]
         else:
-            digest = mf.content_digest(files[name], root)
+            digest = content_digest(files[name], root)
         out[name] = {"root": str(root), "files": len(files[name]), "bytes": sum(f.size for f in files[name]),
                      "stat_fingerprint": stats[name], "digest": digest}
     return out

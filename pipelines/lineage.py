@@ -54,18 +54,3 @@ def log_dataset(spec: dict[str, Any]) -> None:
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
         ds = mlflow.data.from_pandas(frame, source=spec["path"], name=spec["name"], digest=spec["digest"][:16])
         mlflow.log_input(ds, context=spec["context"], tags={"sha256": spec["digest"], "rows": str(spec["rows"])})
-
-
-def ensure_experiment(tracking_uri: str, name: str) -> str:
-    """The experiment's id, creating it with its artifacts beside a SQLite store (``<store dir>/mlartifacts``)
-    rather than in ``./mlruns`` of whatever folder the job was started from."""
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = None
-    if tracking_uri.startswith("sqlite:///"):
-        location = (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location)

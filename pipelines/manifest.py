@@ -5,17 +5,13 @@ and a sha256 content digest that later stages log as lineage (recomputed only wh
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
-import os
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CHUNK = 1 << 20
 MANIFEST = "manifest.json"
 
 
@@ -30,39 +26,6 @@ def scan_files(root: Path, patterns: tuple[str, ...]) -> list[RawFile]:
     """The files under root that match the patterns (what the readers consume), stat'ed once."""
     paths = sorted({p for pattern in patterns for p in root.glob(pattern) if p.is_file()})
     return [RawFile(p, (st := p.stat()).st_size, st.st_mtime_ns) for p in paths]
-
-
-def stat_fingerprint(files: list[RawFile], root: Path) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.path.relative_to(root).as_posix()}\0{f.size}\0{f.mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def content_digest(files: list[RawFile], root: Path) -> str:
-    """sha256 over (relative path, file sha256) pairs; hashing runs in threads (hashlib releases the GIL)."""
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        digests = list(pool.map(_file_sha256, [f.path for f in files]))
-    h = hashlib.sha256()
-    for f, d in zip(files, digests, strict=True):
-        h.update(f"{f.path.relative_to(root).as_posix()}\0{d}\n".encode())
-    return h.hexdigest()
-
-
-def dataset_digest(row_digests: dict[str, str]) -> str:
-    """Order-independent digest of a table: sha256 over its rows' digests sorted by sample_id."""
-    h = hashlib.sha256()
-    for sample_id in sorted(row_digests):
-        h.update(f"{sample_id}\0{row_digests[sample_id]}\n".encode())
-    return h.hexdigest()
 
 
 def code_version(repo: Path) -> dict[str, Any]:

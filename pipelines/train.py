@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from chex_model.typed_config import ConfigError
-from pipelines.lineage import code_tags, dataset_inputs, ensure_experiment
+from pipelines.lineage import code_tags, dataset_inputs
 from pipelines.train_config import StageConfig, TrainConfig
 from pipelines.train_data import build_dataset, epoch_steps, ms_cxr_image_ids
 from pipelines.train_loop import MODEL_DIR, STATE_FILE, train_loop
@@ -209,8 +209,7 @@ def run_workflow(cfg: TrainConfig, only: list[str] | None = None) -> list[StageR
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; this config has {names}")
     Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(cfg.tracking_uri())
-    mlflow.set_experiment(experiment_id=ensure_experiment(cfg.tracking_uri(), cfg.mlflow.experiment))
+    cfg.tracking().activate()
     results = []
     with mlflow.start_run(run_name="workflow", tags=code_tags()) as parent:
         mlflow.log_params({"stages": ",".join(s.name for s in stages if not only or s.name in only)})

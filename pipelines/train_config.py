@@ -12,6 +12,7 @@ from typing import Any
 
 from chex_model.typed_config import ConfigError, load_config
 from pipelines.augment import AugmentConfig
+from pipelines.tracking import Tracking
 
 TRAINABLE = ("image_encoder", "image_encoder_top", "detector", "post_decoder", "generator")
 ENGINES = ("deepspeed", "ddp")
@@ -140,8 +141,11 @@ class TrainConfig:
     def ray_storage(self) -> str:
         return self.storage_path or str(Path(self.workdir).resolve() / "ray")
 
+    def tracking(self) -> Tracking:
+        return Tracking.in_folder(self.workdir, self.mlflow.experiment, self.mlflow.tracking_uri)
+
     def tracking_uri(self) -> str:
-        return self.mlflow.tracking_uri or f"sqlite:///{Path(self.workdir).resolve() / 'mlflow.db'}"
+        return self.tracking().uri
 
 
 def load_train_config(path: Path | None) -> TrainConfig:

@@ -25,7 +25,7 @@ from chex_model.multitask import Batch
 from chex_model.typed_config import from_dict
 from pipelines.collate import collate
 from pipelines.engines import DdpEngine, DeepSpeedEngine
-from pipelines.lineage import ensure_experiment
+from pipelines.tracking import Tracking
 from pipelines.train_config import StageConfig, TrainConfig
 
 MODEL_DIR = "model"
@@ -134,8 +134,7 @@ def validate(model: ChEX, val_iter, cfg: TrainConfig, stage: StageConfig, device
 def _mlflow_start(config: dict[str, Any], run_id: str | None):
     import mlflow
 
-    mlflow.set_tracking_uri(config["tracking_uri"])
-    mlflow.set_experiment(experiment_id=ensure_experiment(config["tracking_uri"], config["experiment"]))
+    Tracking(config["tracking_uri"], config["experiment"]).activate()
     tags = dict(config.get("tags", {}))
     run = mlflow.start_run(run_id=run_id, run_name=None if run_id else config["run_name"], tags=None if run_id else tags)
     if run_id is None:

@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 
 from chex_model.typed_config import ConfigError, from_dict, load_config
-from pipelines.lineage import code_tags, ensure_experiment
+from pipelines.lineage import code_tags
+from pipelines.tracking import default_uri
 from pipelines.train_config import StageConfig, TrainConfig, load_train_config
 from pipelines.train_loop import GROUP_FILE
 
@@ -180,12 +181,11 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, train_cfg: TrainCo
             setattr(train_cfg, attr, str(Path(getattr(train_cfg, attr)).resolve()))
     workdir = Path(sweep.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    train_cfg.mlflow.tracking_uri = train_cfg.mlflow.tracking_uri or f"sqlite:///{workdir / 'mlflow.db'}"
+    train_cfg.mlflow.tracking_uri = train_cfg.mlflow.tracking_uri or default_uri(workdir)
     init_model = (init_model or stage_input(train_cfg, sweep.stage)).resolve()
     init_ray(address)
     if not nested:
-        mlflow.set_tracking_uri(train_cfg.tracking_uri())
-        mlflow.set_experiment(experiment_id=ensure_experiment(train_cfg.tracking_uri(), train_cfg.mlflow.experiment))
+        train_cfg.tracking().activate()
     with mlflow.start_run(run_name=f"sweep-{sweep.stage}", tags={**code_tags(), "sweep_stage": sweep.stage},
                           nested=nested) as parent:
         mlflow.log_params({"sweep.samples": sweep.num_samples, "sweep.metric": sweep.metric, "sweep.mode": sweep.mode,

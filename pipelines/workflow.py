@@ -9,7 +9,6 @@ stops the run with its error and leaves every earlier stage's outputs and state 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chex_model.typed_config import ConfigError, load_config
+from pipelines.digests import file_sha256, key_of
+from pipelines.tracking import Tracking, default_uri
 
 if TYPE_CHECKING:
     from pipelines.train_config import StageConfig
@@ -60,7 +61,7 @@ class PipelineConfig:
     experiment: str = "chex-pipeline"
 
     def tracking(self) -> str:
-        return self.tracking_uri or f"sqlite:///{Path(self.workdir).resolve() / 'mlflow.db'}"
+        return self.tracking_uri or default_uri(self.workdir)
 
 
 def load_pipeline_config(path: Path) -> PipelineConfig:
@@ -69,18 +70,6 @@ def load_pipeline_config(path: Path) -> PipelineConfig:
         if getattr(cfg, name) and not Path(getattr(cfg, name)).is_file():
             raise ConfigError(f"{path}: {name} config {getattr(cfg, name)} does not exist")
     return cfg
-
-
-def key_of(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class StageFailed(RuntimeError):
@@ -166,7 +155,7 @@ class Pipeline:
         import mlflow
 
         from pipelines.ray_runtime import init_ray
-        from pipelines.lineage import code_tags, ensure_experiment, flatten
+        from pipelines.lineage import code_tags, flatten
 
         names = self.stage_names
         for s in (from_stage, only):
@@ -176,10 +165,7 @@ class Pipeline:
         state = self._state()
         forced = set(names[names.index(from_stage):]) if from_stage else set()
         init_ray(address)
-        uri = self.cfg.tracking()
-        mlflow.set_tracking_uri(uri)
-        exp = ensure_experiment(uri, self.cfg.experiment)
-        mlflow.set_experiment(experiment_id=exp)  # nested stage runs land in the same experiment
+        exp = Tracking(self.cfg.tracking(), self.cfg.experiment).activate()  # nested stage runs land in it too
         records: list[StageRecord] = []
         upstream: dict[str, Any] = {}
         with mlflow.start_run(experiment_id=exp, run_name="pipeline", tags=code_tags()) as parent:

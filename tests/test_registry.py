@@ -22,7 +22,7 @@ def test_champion_moves_only_to_better_versions_and_pyfunc_answers(tiny_model_di
     import mlflow
     import pandas as pd
 
-    from pipelines.lineage import ensure_experiment
+    from pipelines.tracking import ensure_experiment
     from pipelines.registry import CANDIDATE, CHAMPION, register
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -64,7 +64,8 @@ def test_register_then_lineage_walks_back_to_the_raw_digests(ingested, tiny_mode
     from pipelines.cli import main
     from evaluation.config import Bootstrap, EvalConfig
     from pipelines.evaluate import run_evaluation
-    from pipelines.lineage import dataset_inputs, ensure_experiment, log_dataset
+    from pipelines.lineage import dataset_inputs, log_dataset
+    from pipelines.tracking import ensure_experiment
     from pipelines.train import EXPORT_TAG
 
     tables, manifest = ingested

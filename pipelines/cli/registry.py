@@ -28,8 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_register(args: argparse.Namespace) -> None:
     import mlflow
 
-    from pipelines.lineage import code_tags, ensure_experiment
+    from pipelines.lineage import code_tags
     from pipelines.registry import register
+    from pipelines.tracking import Tracking
 
     model_folder(args.model)
     try:
@@ -40,8 +41,7 @@ def run_register(args: argparse.Namespace) -> None:
         raise UsageError(f"--results {args.results} has no value for --metric {args.metric} ({exc})") from None
     if value != value:
         raise UsageError(f"--metric {args.metric} is NaN in {args.results}: pick a task that had samples")
-    mlflow.set_tracking_uri(results["tracking_uri"])
-    mlflow.set_experiment(experiment_id=ensure_experiment(results["tracking_uri"], "chex-registry"))
+    Tracking(results["tracking_uri"], "chex-registry").activate()
     with mlflow.start_run(run_name=f"register-{args.name}", tags={**code_tags(), "model_dir": str(args.model.resolve())}):
         reg = register(args.model, args.name, args.metric, value, results.get("mlflow_run_id"), not args.lower_is_better)
     print(f"registered {reg.name} v{reg.version} ({args.metric} = {value:.4g}) with aliases {', '.join(reg.aliases)}; "
