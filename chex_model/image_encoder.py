@@ -2,11 +2,16 @@
 a convolutional branch for models trained from scratch."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
+import torch
 from torch import Tensor, nn
 from transformers import CLIPVisionModelWithProjection
 
 from chex_model.config import ImageEncoderConfig
 from chex_model.conv_branch import ConvBranch
+from preprocessing.image_io import resize_center_crop
 
 
 class ImageEncoder(nn.Module):
@@ -77,6 +82,15 @@ class ImageEncoder(nn.Module):
 def normalize(images: Tensor, cfg: ImageEncoderConfig) -> Tensor:
     """Pixels in [0, 1] -> the single-channel normalization the encoder was trained with."""
     return (images - cfg.mean) / cfg.std
+
+
+def encoder_input(images: Sequence[np.ndarray], size: int, cfg: ImageEncoderConfig,
+                  device: torch.device | str = "cpu") -> Tensor:
+    """uint8 grayscale images -> the encoder's normalized ``(N, 1, size, size)`` input; an image that is not yet
+    the square is resized and centre cropped as ingest stores them."""
+    squares = [img if img.shape == (size, size) else resize_center_crop(img, size) for img in images]
+    pixels = torch.from_numpy(np.stack(squares).astype(np.float32) / 255.0)[:, None]
+    return normalize(pixels.to(device), cfg)
 
 
 def as_batch(images: Tensor) -> Tensor:

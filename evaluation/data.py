@@ -9,12 +9,9 @@ import polars as pl
 
 from preprocessing.box_geometry import cxcywh_to_xyxy
 from preprocessing.classes import FRONTAL_VIEWS
+from preprocessing.records import split_dir
 
 Row = dict[str, Any]
-
-
-def split_dir(tables: Path, source: str, split: str) -> Path:
-    return Path(tables) / "tables" / f"source={source}" / f"split={split}"
 
 
 def load_rows(tables: Path, source: str, split: str, limit: int = 0, frontal_only: bool = False) -> list[Row]:

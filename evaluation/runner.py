@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from chex_model import box_ops
-from chex_model.image_encoder import normalize
+from chex_model.image_encoder import encoder_input
 from chex_model.inference import Report, report
 from chex_model.prompts import PromptSet
 from evaluation.data import Row
-from preprocessing.image_io import decode_png, resize_center_crop
+from preprocessing.image_io import decode_png
 
 GENERATION_CHUNK = 32  # sentences per generator call, as the reference
 
@@ -36,13 +36,8 @@ class ModelRunner:
         return self.model.image_encoder.image_size
 
     def _pixels(self, rows: Sequence[Row]) -> torch.Tensor:
-        imgs = []
-        for r in rows:
-            img = decode_png(r["image_png"])
-            if img.shape != (self.size, self.size):
-                img = resize_center_crop(img, self.size)
-            imgs.append(torch.from_numpy(img.astype(np.float32) / 255.0))
-        return normalize(torch.stack(imgs)[:, None].to(self.model.device), self.model.cfg.image)
+        images = [decode_png(r["image_png"]) for r in rows]
+        return encoder_input(images, self.size, self.model.cfg.image, self.model.device)
 
     def batches(self, n: int, desc: str) -> Iterator[slice]:
         starts = list(range(0, n, self.batch_size))

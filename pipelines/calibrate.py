@@ -13,14 +13,14 @@ import numpy as np
 import torch
 
 from chex_model.chex import ChEX
-from chex_model.image_encoder import normalize
+from chex_model.image_encoder import encoder_input
 from chex_model.presence import fit_platt, pair_key, paired_margin, positivity_key
 from chex_model.prompts import anatomy_prompts, load_prompt_set
 from pipelines.finding_text import found, report_queries, sentence_codes
 from pipelines.train_config import CalibrationConfig
 from pipelines.train_data import ms_cxr_image_ids, table_paths
 from preprocessing.classes import FRONTAL_VIEWS
-from preprocessing.image_io import decode_png, resize_center_crop
+from preprocessing.image_io import decode_png
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,8 @@ def presence_margins(model: ChEX, rows: list[dict[str, Any]], queries: list[str]
     prompts = model.encode_prompts(queries)
     out = []
     for start in range(0, len(rows), batch_size):
-        images = []
-        for r in rows[start: start + batch_size]:
-            img = decode_png(r["image_png"])
-            img = img if img.shape == (size, size) else resize_center_crop(img, size)
-            images.append(torch.from_numpy(img.astype(np.float32) / 255.0))
-        pixels = normalize(torch.stack(images)[:, None].to(model.device), model.cfg.image)
+        images = [decode_png(r["image_png"]) for r in rows[start: start + batch_size]]
+        pixels = encoder_input(images, size, model.cfg.image, model.device)
         features = model.detect(model.encode_image(pixels), prompts, post_decoder=False).features
         out.append(paired_margin(features, positive, negative).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, len(queries)), np.float32)

@@ -32,12 +32,11 @@ from preprocessing.chest_imagenome import index_scene_graphs
 from preprocessing.mimic_cxr import image_lookup, read_mimic_cxr
 from preprocessing.ms_cxr import read_ms_cxr
 from preprocessing.nih_cxr import read_nih
-from preprocessing.records import RawRecord, Reject, relative
+from preprocessing.records import TABLES, RawRecord, Reject, partition, relative
 from preprocessing.vindr_cxr import read_vindr
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-TABLES = "tables"
 # What each reader consumes under its root: only these files are fingerprinted and hashed (a MIMIC-CXR mirror's
 # reports folder also holds terabytes of DICOMs that ingest never opens).
 SOURCE_FILES: dict[str, tuple[str, ...]] = {
@@ -216,8 +215,8 @@ def _summarize(staging: Path, rows: dict[tuple[str, str, str], str]) -> dict[str
     out = {}
     for key, digests in sorted(groups.items()):
         source, split = key.split("/")
-        rel = f"{TABLES}/source={source}/split={split}"
-        on_disk = pads.dataset(staging / f"source={source}" / f"split={split}", format="parquet").count_rows()
+        rel = f"{TABLES}/{partition(source, split)}"
+        on_disk = pads.dataset(staging / partition(source, split), format="parquet").count_rows()
         if on_disk != len(digests):
             raise RuntimeError(f"{rel}: wrote {on_disk} rows but processed {len(digests)}")
         out[key] = {"path": rel, "rows": on_disk, "digest": dataset_digest(digests)}

@@ -63,6 +63,12 @@ class Registration:
     champion_version: str | None
 
 
+def results_metric(results: dict[str, Any], metric: str) -> float:
+    """The value of ``task/metric`` (e.g. ``rg_mimic/METEOR``) in an evaluation's results; KeyError when absent."""
+    task, _, key = metric.partition("/")
+    return float(results["tasks"][task]["metrics"][key]["value"])
+
+
 def log_pyfunc(model_dir: Path) -> str:
     """Log the model folder as a pyfunc in the active run; returns its model URI."""
     info = mlflow.pyfunc.log_model(

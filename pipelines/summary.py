@@ -5,7 +5,8 @@ from pathlib import Path
 
 import polars as pl
 
-from pipelines.ingest import REJECTS, TABLES
+from pipelines.ingest import REJECTS
+from preprocessing.records import TABLES
 
 
 def load_tables(out: Path, columns: list[str] | None = None) -> pl.DataFrame:

@@ -14,6 +14,7 @@ from pipelines.lineage import code_tags, dataset_inputs
 from pipelines.train_config import StageConfig, TrainConfig
 from pipelines.train_data import build_dataset, epoch_steps, ms_cxr_image_ids
 from pipelines.train_loop import MODEL_DIR, STATE_FILE, train_loop
+from preprocessing.records import TABLES
 
 FEATURE_PARTS = ("image_encoder", "image_encoder_top", "detector")  # trainable parts that move the presence margin
 
@@ -77,7 +78,7 @@ def _run_stage(cfg: TrainConfig, stage: StageConfig, init_model: Path, parent_ru
     from ray.train.torch import TorchConfig, TorchTrainer
 
     tables = Path(cfg.data.tables)
-    if not (tables / "tables").is_dir():
+    if not (tables / TABLES).is_dir():
         raise FileNotFoundError(f"no ingested tables under {tables} (run `chex ingest` first)")
     size = cfg.data.image_size or _image_size(init_model)
     exclude = ms_cxr_image_ids(tables) if cfg.data.exclude_ms_cxr else set()

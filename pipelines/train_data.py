@@ -18,6 +18,7 @@ import numpy as np
 from pipelines.augment import AugmentConfig, flip_region, photometric, sample_transform, swap_left_right, warp_boxes, warp_image
 from preprocessing.classes import CIG_ANATOMICAL_FINDINGS_43, CIG_ANATOMY_29, CIG_DISEASES_10, FRONTAL_VIEWS, VINDR_LOCAL_22
 from preprocessing.image_io import decode_png
+from preprocessing.records import split_dir
 
 REGIONS = CIG_ANATOMY_29
 FINDINGS = CIG_ANATOMICAL_FINDINGS_43 + CIG_DISEASES_10
@@ -33,7 +34,7 @@ TRAIN_SOURCES = ("mimic_cxr", "vindr_cxr")
 
 
 def table_paths(tables: Path, source: str, split: str) -> list[str]:
-    return sorted(str(p) for p in (Path(tables) / "tables" / f"source={source}" / f"split={split}").glob("*.parquet"))
+    return sorted(str(p) for p in split_dir(tables, source, split).glob("*.parquet"))
 
 
 def oversampling_factor(n_mimic: int, n_vindr: int, factor: int = 0) -> int:

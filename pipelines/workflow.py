@@ -287,11 +287,10 @@ class Pipeline:
                                      self.cfg.tracking(), self.cfg.experiment, parent_run_id=parent_id)
             return {"results_file": str(out / "results.json"), "table_file": str(out / "table.md"),
                     "run_id": payload["mlflow_run_id"], "key": key_of(payload["tasks"], up[last]["weights_sha256"])}
-        from pipelines.registry import register
+        from pipelines.registry import register, results_metric
 
         results = json.loads(Path(up["evaluate"]["results_file"]).read_text())
-        task, _, metric = self.cfg.register.metric.partition("/")
-        value = float(results["tasks"][task]["metrics"][metric]["value"])
+        value = results_metric(results, self.cfg.register.metric)
         with mlflow.start_run(run_name="register", nested=True):
             reg = register(Path(up[last]["model_dir"]), self.cfg.register.name, self.cfg.register.metric, value,
                            up["evaluate"]["run_id"], self.cfg.register.higher_is_better)

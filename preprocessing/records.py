@@ -84,3 +84,16 @@ def relative(path: Path, root: Path) -> str:
         return path.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
         return path.resolve().as_posix()
+
+
+TABLES = "tables"   # the ingest output's table folder: tables/source=<source>/split=<split>/*.parquet
+
+
+def partition(source: str, split: str) -> str:
+    """The hive partition path of one source and split, relative to the table folder."""
+    return f"source={source}/split={split}"
+
+
+def split_dir(out: Path | str, source: str, split: str) -> Path:
+    """Where the Parquet files of one source and split lie in an ingest output folder."""
+    return Path(out) / TABLES / partition(source, split)

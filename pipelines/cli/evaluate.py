@@ -40,6 +40,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     from chex_model.typed_config import load_config
     from evaluation.config import EvalConfig
     from pipelines.evaluate import RESULTS, TABLE, run_evaluation
+    from preprocessing.records import TABLES
 
     cfg = load_config(EvalConfig, existing(args.config, "--config") if args.config else None)
     overrides = {"tasks": args.tasks.split(",") if args.tasks else None, "split": args.split, "predictor": args.predictor,
@@ -51,7 +52,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
         raise UsageError("--model is required (or --predictor oracle / random)")
     if args.model is not None:
         model_folder(args.model)
-    if not (args.data / "tables").is_dir():
+    if not (args.data / TABLES).is_dir():
         raise UsageError(f"--data {args.data} has no tables/ folder: give the ingest output folder")
     if any(t.startswith(("re_", "rg_")) for t in cfg.tasks):
         _check_text_scoring(cfg.labeler)

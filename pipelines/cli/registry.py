@@ -29,14 +29,13 @@ def run_register(args: argparse.Namespace) -> None:
     import mlflow
 
     from pipelines.lineage import code_tags
-    from pipelines.registry import register
+    from pipelines.registry import register, results_metric
     from pipelines.tracking import Tracking
 
     model_folder(args.model)
     try:
         results = json.loads(existing(args.results, "--results").read_text())
-        task, _, key = args.metric.partition("/")
-        value = float(results["tasks"][task]["metrics"][key]["value"])
+        value = results_metric(results, args.metric)
     except (KeyError, ValueError, TypeError) as exc:
         raise UsageError(f"--results {args.results} has no value for --metric {args.metric} ({exc})") from None
     if value != value:
