@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+import zipfile
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -26,13 +27,14 @@ from pipelines.ray_runtime import init_ray
 from pipelines import manifest as mf
 from pipelines.digests import content_digest, dataset_digest, key_of, stat_fingerprint
 from pipelines.ingest_config import IngestConfig
-from pipelines.process import read_reports, row_digest, safe_process_record
+from pipelines.process import process_or_fail, read_reports, row_digest
 from pipelines.schema import PARTITION_COLUMNS, REJECT_SCHEMA, SCHEMA, SCHEMA_VERSION
 from preprocessing.chest_imagenome import index_scene_graphs
 from preprocessing.mimic_cxr import image_lookup, read_mimic_cxr
 from preprocessing.ms_cxr import read_ms_cxr
 from preprocessing.nih_cxr import read_nih
 from preprocessing.records import TABLES, RawRecord, Reject, partition, relative
+from preprocessing.tables import TableError
 from preprocessing.vindr_cxr import read_vindr
 
 log = logging.getLogger(__name__)
@@ -73,8 +75,8 @@ def _process_batch(batch: dict[str, np.ndarray], cfg: IngestConfig, ledger: Any)
     sentences, rejects = read_reports(records)
     rows, digests = [], []
     for rec, sent in zip(records, sentences, strict=True):
-        row, found = safe_process_record(rec, cfg.image_size, cfg.equalize_dicom, sent, cfg.allow_truncated_images,
-                                         cfg.allowed_modalities)
+        row, found = process_or_fail(rec, cfg.image_size, cfg.equalize_dicom, sent, cfg.allow_truncated_images,
+                                     cfg.allowed_modalities)
         rejects += found
         if row is not None:
             rows.append(row)
@@ -97,14 +99,25 @@ def source_roots(raw: Path, cfg: IngestConfig) -> dict[str, Path]:
     return roots
 
 
+class IngestError(RuntimeError):
+    """The job cannot produce trustworthy tables: a reader failed unexpectedly (a bug: the cause is chained), a
+    source yielded nothing, or too much of a source was rejected."""
+
+
+# what a reader raises on bad data (an unreadable or malformed table or archive); anything else is a bug
+DATA_ERRORS = (TableError, OSError, zipfile.BadZipFile)
+
+
 def _guarded(source: str, root: Path, raw: Path, rejects: list[Reject], read: Callable[[], T], empty: T) -> T:
-    """Run one reader; an unreadable file or table (empty, bad quoting, missing column) becomes one reject and that
-    source is skipped instead of the whole job failing."""
+    """Run one reader. Bad data in a table or archive becomes one reject and the source is skipped (the empty-source
+    check then says so); any other exception is a bug and fails the job, naming the source."""
     try:
         return read()
-    except Exception as exc:  # noqa: BLE001 - readers meet arbitrary third-party parse errors on real downloads
+    except DATA_ERRORS as exc:
         rejects.append(Reject(source, relative(root, raw), "table", f"cannot read {source}: {type(exc).__name__}: {exc}"))
         return empty
+    except Exception as exc:
+        raise IngestError(f"the {source} reader failed on {root}: {type(exc).__name__}: {exc}") from exc
 
 
 def read_sources(raw: Path, roots: dict[str, Path], cfg: IngestConfig) -> tuple[list[RawRecord], list[Reject]]:
@@ -140,6 +153,38 @@ def read_sources(raw: Path, roots: dict[str, Path], cfg: IngestConfig) -> tuple[
     return list(unique.values()), rejects
 
 
+# the roots whose reader produces records, and the record source it produces
+RECORD_SOURCES = {"mimic_cxr_jpg": "mimic_cxr", "ms_cxr": "ms_cxr", "vindr_cxr": "vindr_cxr", "nih_cxr": "nih_cxr"}
+
+
+def _top_reasons(rejects: list[dict], source: str, n: int = 3) -> str:
+    counts = Counter(r["reason"] for r in rejects if r["source"] == source)
+    return "; ".join(f"{k} (x{v})" for k, v in counts.most_common(n)) or "no reject says why"
+
+
+def check_sources_yield(roots: dict[str, Path], records: list[RawRecord], rejects: list[Reject]) -> None:
+    """A configured source whose folder exists but whose reader found no record fails the job: silently writing
+    nothing for it would look like a finished ingest."""
+    found = Counter(r.source for r in records)
+    for root_name, source in RECORD_SOURCES.items():
+        if root_name in roots and not found[source]:
+            raise IngestError(f"source {source} under {roots[root_name]} yielded no records: "
+                              f"{_top_reasons([asdict(r) for r in rejects], source)}")
+
+
+def check_reject_ceiling(records: list[RawRecord], rows: dict[tuple[str, str, str], str], rejects: list[dict],
+                         max_fraction: float) -> None:
+    """Fail when more than ``max_fraction`` of a source's records were dropped (an unreadable mirror, a wrong
+    layout): the tables would be silently small. Names the source, the fraction and the commonest reasons."""
+    read = Counter(r.source for r in records)
+    kept = Counter(source for source, _, _ in rows)
+    for source, n in sorted(read.items()):
+        dropped = n - kept[source]
+        if dropped > max_fraction * n:
+            raise IngestError(f"source {source}: {dropped} of {n} records rejected ({dropped / n:.0%} > "
+                              f"max_reject_fraction {max_fraction:.0%}); commonest reasons: {_top_reasons(rejects, source)}")
+
+
 def _input_fingerprint(roots: dict[str, Path], cfg: IngestConfig, code: dict[str, Any]
                        ) -> tuple[str, dict[str, list[mf.RawFile]], dict[str, str]]:
     """One fingerprint over the consumed raw files (path, size, mtime), the config, schema and code version."""
@@ -165,6 +210,7 @@ def run_ingest(raw: Path, out: Path, cfg: IngestConfig, address: str | None = No
         return {**previous, "skipped": True}
 
     records, rejects = read_sources(raw, roots, cfg)
+    check_sources_yield(roots, records, rejects)
     init_ray(address)
     ledger = IngestLedger.remote()
     staging = out / f".{TABLES}.staging"
@@ -179,6 +225,7 @@ def run_ingest(raw: Path, out: Path, cfg: IngestConfig, address: str | None = No
     ray.kill(ledger)
 
     all_rejects = [asdict(r) for r in rejects] + worker_rejects
+    check_reject_ceiling(records, rows, all_rejects, cfg.max_reject_fraction)
     datasets = _summarize(staging, rows)
     (out / mf.MANIFEST).unlink(missing_ok=True)   # no manifest may describe tables it did not see written
     shutil.rmtree(out / TABLES, ignore_errors=True)

@@ -26,4 +26,5 @@ class IngestConfig:
     hash_raw_content: bool = True    # sha256 of every raw file for lineage; false = path/size/mtime only (huge mirrors)
     # DICOM Modality values kept as chest radiographs; others (CT, MR, SEG, ...) are rejects. Empty = no check.
     allowed_modalities: list[str] = field(default_factory=lambda: ["CR", "DX"])
+    max_reject_fraction: float = 0.05  # fail the job when a source loses more of its records than this to rejects
     sources: SourcePaths = field(default_factory=SourcePaths)

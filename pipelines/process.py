@@ -1,7 +1,8 @@
 """The per-record work of the ingest job: decode + resize the image, carry boxes, parse report and scene graph.
 
-Runs inside Ray Data tasks. Every failure is turned into a Reject with the offending path and a reason; a record
-is only lost when its image cannot be read, and then the rejects table says so.
+Runs inside Ray Data tasks. Bad data is turned into a Reject with the offending path and a reason; a record is
+only lost when its image cannot be used, and then the rejects table says so. Anything else is a bug and fails the
+job (:class:`RecordFailed`).
 """
 from __future__ import annotations
 
@@ -122,19 +123,19 @@ def process_record(rec: RawRecord, image_size: int, equalize_dicom: bool, senten
     return row, rejects
 
 
-def safe_process_record(rec: RawRecord, image_size: int, equalize_dicom: bool, sentences: list[str] | None,
-                        allow_truncated: bool = False, allowed_modalities: Sequence[str] = ("CR", "DX"),
-                        ) -> tuple[dict[str, Any] | None, list[Reject]]:
-    """process_record that never raises: decoder bugs (e.g. a Rust panic, a BaseException) become a reject.
+class RecordFailed(RuntimeError):
+    """An unexpected exception in per-record code: a bug, not bad data (bad data is a Reject). It fails the job
+    and names the record; the original exception and its traceback are chained."""
 
-    The reject names the exception type so such records can be found and reported upstream.
-    """
+
+def process_or_fail(rec: RawRecord, image_size: int, equalize_dicom: bool, sentences: list[str] | None,
+                    allow_truncated: bool = False, allowed_modalities: Sequence[str] = ("CR", "DX"),
+                    ) -> tuple[dict[str, Any] | None, list[Reject]]:
+    """:func:`process_record`, with any exception it did not turn into a Reject re-raised as RecordFailed."""
     try:
         return process_record(rec, image_size, equalize_dicom, sentences, allow_truncated, allowed_modalities)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as exc:  # noqa: BLE001 - one bad record must not kill a job over millions of images
-        return None, [Reject(rec.source, rec.source_path, "internal", f"{type(exc).__name__}: {exc}", rec.sample_id)]
+    except Exception as exc:
+        raise RecordFailed(f"{rec.source} record {rec.source_path}: {type(exc).__name__}: {exc}") from exc
 
 
 def read_reports(records: list[RawRecord]) -> tuple[list[list[str] | None], list[Reject]]:

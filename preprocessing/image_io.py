@@ -284,7 +284,9 @@ def _stored_pixels(path: PathLike, ds: pydicom.Dataset, min_side: int | None) ->
         arr = apply_modality_lut(arr, ds)
         if "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds):
             arr = apply_voi_lut(arr, ds)
-    except Exception as e:  # decoder plugins raise arbitrary types (unsupported syntax, short data, codec errors)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - decoder plugins raise arbitrary types, Rust panics (BaseException) too
         syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
         raise ImageDecodeError(path, f"pixel data (transfer syntax {syntax}): {type(e).__name__}: {e}") from e
     if arr.ndim != 2 or arr.size == 0:

@@ -32,7 +32,7 @@ def read_chexpert(path: Path | None, raw_root: Path, rejects: list[Reject]) -> d
     if path is None:
         return {}
     out = {}
-    for i, row in enumerate(read_csv_strings(path).iter_rows(named=True)):
+    for i, row in enumerate(read_csv_strings(path, ("subject_id", "study_id")).iter_rows(named=True)):
         try:
             key = (int(row["subject_id"]), int(row["study_id"]))
             out[key] = {name: CHEXPERT_VALUES[v] for name in CHEXPERT_14
@@ -64,8 +64,8 @@ def read_mimic_cxr(jpg_root: Path, raw_root: Path, reports_root: Path | None = N
     meta_path, split_path = find_table(jpg_root, METADATA), find_table(jpg_root, SPLIT)
     if meta_path is None or split_path is None:
         return [], [Reject(SOURCE, relative(jpg_root, raw_root), "table", f"missing {METADATA} or {SPLIT}")]
-    meta = read_csv_strings(meta_path)
-    splits = read_csv_strings(split_path).select("dicom_id", "split")
+    meta = read_csv_strings(meta_path, ("dicom_id", "subject_id", "study_id", "Rows", "Columns", "ViewPosition"))
+    splits = read_csv_strings(split_path, ("dicom_id", "split")).select("dicom_id", "split")
     labels = read_chexpert(find_table(jpg_root, CHEXPERT), raw_root, rejects)
     joined = meta.join(splits, on="dicom_id", how="left")
     reports = index_reports(reports_root) if reports_root is not None else None

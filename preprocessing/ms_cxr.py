@@ -53,7 +53,8 @@ def read_ms_cxr(root: Path, raw_root: Path, mimic_images: pl.DataFrame) -> tuple
     grouped: dict[str, dict[str, GroundedPhrase]] = defaultdict(dict)
     official_split: dict[str, str] = {}
     rejects: list[Reject] = []
-    for i, row in enumerate(read_csv_strings(csv_path).iter_rows(named=True)):
+    required = ("dicom_id", "x", "y", "w", "h", "label_text", "category_name")
+    for i, row in enumerate(read_csv_strings(csv_path, required).iter_rows(named=True)):
         where = f"{rel_csv}#row{i + 2}"
         dicom_id = row["dicom_id"]
         if dicom_id not in lookup:

@@ -45,7 +45,7 @@ def fuse_boxes(boxes: list[PixelBox], width: int, height: int) -> list[PixelBox]
 
 def _labels(path: Path, raw_root: Path, rejects: list[Reject]) -> dict[str, dict[str, int]]:
     """image_id -> label -> 0/1; with a rad_id column, the majority vote of the readers (no ties with three)."""
-    df = read_csv_strings(path).rename(lambda c: LABEL_RENAMES.get(c, c))
+    df = read_csv_strings(path, ("image_id",)).rename(lambda c: LABEL_RENAMES.get(c, c))
     votes: dict[str, list[dict[str, int]]] = defaultdict(list)
     for i, row in enumerate(df.iter_rows(named=True)):
         try:
@@ -61,7 +61,8 @@ def _labels(path: Path, raw_root: Path, rejects: list[Reject]) -> dict[str, dict
 
 def _boxes(path: Path, raw_root: Path, rejects: list[Reject]) -> dict[str, list[PixelBox]]:
     out: dict[str, list[PixelBox]] = defaultdict(list)
-    for i, row in enumerate(read_csv_strings(path).iter_rows(named=True)):
+    columns = ("image_id", "class_name", "x_min", "y_min", "x_max", "y_max")
+    for i, row in enumerate(read_csv_strings(path, columns).iter_rows(named=True)):
         out.setdefault(row["image_id"], [])
         name = row["class_name"]
         if name == VINDR_NO_FINDING or (name in GLOBAL_ONLY and row["x_min"] is None):

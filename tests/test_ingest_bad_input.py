@@ -46,7 +46,7 @@ def broken(synth_raw: Path, ray_local, tmp_path_factory) -> dict:
     report = _first(p for p in raw.rglob("mimic-cxr/2.0.0/files/p*/p*/s*.txt") if p.stem != jpg.parent.name)
     report.unlink()
     out = raw.parent / "out"
-    manifest = run_ingest(raw, out, IngestConfig(image_size=SIZE))
+    manifest = run_ingest(raw, out, IngestConfig(image_size=SIZE, max_reject_fraction=0.5))  # small sources
     table = pl.scan_parquet(out / "tables" / "**" / "*.parquet", hive_partitioning=True).collect()
     return {
         "raw": raw, "jpg": jpg, "dcm": dcm, "graph": bad_graph, "nih_image": nih_image, "report": report,
@@ -104,3 +104,44 @@ def test_every_good_record_is_present(broken, synth_raw, ray_local, tmp_path):
         ("mimic_cxr", broken["jpg"].stem), ("vindr_cxr", broken["dcm"].stem)}   # exactly the two unreadable images
     assert broken["table"].height == clean.height - 2
     assert broken["manifest"]["rejects"]["rows"] == broken["rejects"].height == 5
+
+
+def test_too_many_rejects_in_a_source_fail_the_job(broken, ray_local, tmp_path):
+    """The broken tree loses 1 of its VinDr images: more than the default 5% of that small source."""
+    from pipelines.ingest import IngestError
+
+    n_vindr = len(list(broken["raw"].rglob("*.dicom")))
+    with pytest.raises(IngestError, match=rf"source vindr_cxr: 1 of {n_vindr} records rejected .*max_reject_fraction 5%"):
+        run_ingest(broken["raw"], tmp_path / "out", IngestConfig(image_size=SIZE))
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_a_reader_bug_fails_the_job_with_its_source(synth_raw, monkeypatch, tmp_path):
+    from pipelines import ingest
+
+    def bug(*args, **kwargs):
+        raise AttributeError("'NoneType' object has no attribute 'split'")
+
+    monkeypatch.setattr(ingest, "read_nih", bug)
+    with pytest.raises(ingest.IngestError, match="the nih_cxr reader failed") as info:
+        run_ingest(synth_raw, tmp_path / "out", IngestConfig(image_size=SIZE))
+    assert isinstance(info.value.__cause__, AttributeError)
+
+
+@pytest.mark.parametrize("damage", ["no_entry_table", "missing_column"])
+def test_a_source_that_yields_nothing_fails_the_job_with_the_reason(synth_raw, tmp_path, damage):
+    from pipelines.ingest import IngestError
+
+    raw = tmp_path / "raw"
+    shutil.copytree(synth_raw, raw)
+    entry = raw / "nih-chest-xrays" / "Data_Entry_2017.csv"
+    vindr = raw / "vindr-cxr" / "1.0.0" / "annotations" / "annotations_train.csv"
+    if damage == "no_entry_table":
+        entry.unlink()
+        expected = "source nih_cxr .* yielded no records: missing Data_Entry_2017.csv"
+    else:
+        vindr.write_text(vindr.read_text().replace("x_min", "xmin", 1))
+        expected = r"source vindr_cxr .* yielded no records: .*missing column\(s\) \['x_min'\]"
+        (vindr.parent / "annotations_test.csv").unlink()
+    with pytest.raises(IngestError, match=expected):
+        run_ingest(raw, tmp_path / "out", IngestConfig(image_size=SIZE))

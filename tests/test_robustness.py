@@ -103,17 +103,34 @@ def test_vindr_reader_box_outside_image_is_rejected_before_fusion(jpeg):
     assert [r.stage for r in rejects] == ["box"] and "(200.0, 200.0, 300.0, 300.0)" in rejects[0].reason
 
 
-def test_decoder_panic_becomes_an_internal_reject(jpeg, monkeypatch):
-    class Panic(BaseException):   # pylibjpeg-rle raises pyo3 PanicException, a BaseException, on some corrupt files
+def test_decoder_panic_becomes_an_image_reject(tmp_path, monkeypatch):
+    """pylibjpeg-rle raises pyo3's PanicException, a BaseException, on some corrupt files: bad data, a reject."""
+    from preprocessing import image_io
+    from tests_support import write_dicom
+
+    class Panic(BaseException):
         pass
 
     def boom(*args, **kwargs):
         raise Panic("index out of bounds")
 
-    monkeypatch.setattr(process, "load_resized", boom)
-    rec = RawRecord(source="vindr_cxr", split="train", sample_id="v", image_id="v", image_path=str(jpeg), source_path="x.jpg")
-    row, rejects = process.safe_process_record(rec, 32, True, None)
-    assert row is None and [(r.stage, r.reason) for r in rejects] == [("internal", "Panic: index out of bounds")]
+    write_dicom(tmp_path / "x.dcm", np.zeros((40, 40), np.uint16), "MONOCHROME2", 12, Modality="DX")
+    monkeypatch.setattr(image_io, "apply_modality_lut", boom)
+    rec = RawRecord(source="vindr_cxr", split="train", sample_id="v", image_id="v", image_path=str(tmp_path / "x.dcm"),
+                    source_path="x.dcm")
+    row, rejects = process.process_or_fail(rec, 32, True, None)
+    assert row is None and [r.stage for r in rejects] == ["image"] and "Panic: index out of bounds" in rejects[0].reason
+
+
+def test_a_bug_in_per_record_code_fails_and_names_the_record(jpeg, monkeypatch):
+    def bug(*args, **kwargs):
+        raise TypeError("unsupported operand")
+
+    monkeypatch.setattr(process, "_stored_boxes", bug)
+    rec = RawRecord(source="nih_cxr", split="train", sample_id="v", image_id="v", image_path=str(jpeg), source_path="x.jpg")
+    with pytest.raises(process.RecordFailed, match=r"nih_cxr record x.jpg: TypeError: unsupported operand") as info:
+        process.process_or_fail(rec, 32, True, None)
+    assert isinstance(info.value.__cause__, TypeError)
 
 
 def test_malformed_scene_graph_entries_are_dropped_not_fatal():
