@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from chex_model.typed_config import ConfigError
 from pipelines.lineage import code_tags, dataset_inputs
 from pipelines.train_config import StageConfig, TrainConfig
 from pipelines.train_data import build_dataset, epoch_steps, ms_cxr_image_ids
-from pipelines.train_loop import MODEL_DIR, STATE_FILE, train_loop
+from pipelines.train_loop import MODEL_DIR, STATE_FILE, LoopConfig, Trainer, train_worker
 from preprocessing.records import TABLES
 
 FEATURE_PARTS = ("image_encoder", "image_encoder_top", "detector")  # trainable parts that move the presence margin
@@ -52,11 +52,11 @@ def _image_size(model_dir: Path) -> int:
 
 
 def run_stage(cfg: TrainConfig, stage: StageConfig, init_model: Path, parent_run_id: str | None = None,
-              fail_at_step: int | None = None, callbacks: tuple = (), run_name: str | None = None) -> StageResult:
+              trainer: type[Trainer] = Trainer, callbacks: tuple = (), run_name: str | None = None) -> StageResult:
     """Train one stage with a ``TorchTrainer`` and export its selected checkpoint's model to ``<workdir>/<stage>/model``.
 
     ``callbacks`` go to the Train ``RunConfig`` (a sweep passes Tune's report callback); ``run_name`` names the MLflow
-    run (default: the stage); ``fail_at_step`` kills the last worker once at that step (fault-tolerance drills)."""
+    run (default: the stage); ``trainer`` is the per-worker class (a subclass can hook each step, e.g. a fault drill)."""
     import ray.data
 
     from pipelines.ray_runtime import init_ray
@@ -67,13 +67,13 @@ def run_stage(cfg: TrainConfig, stage: StageConfig, init_model: Path, parent_run
     ctx.enable_progress_bars = False  # the workers' feed; Ray Train reports progress
     ctx.execution_options.preserve_order = cfg.data.reproducible  # also for the rows cached here on the driver
     try:
-        return _run_stage(cfg, stage, init_model, parent_run_id, fail_at_step, callbacks, run_name)
+        return _run_stage(cfg, stage, init_model, parent_run_id, trainer, callbacks, run_name)
     finally:
         ctx.enable_progress_bars, ctx.execution_options.preserve_order = saved
 
 
 def _run_stage(cfg: TrainConfig, stage: StageConfig, init_model: Path, parent_run_id: str | None,
-               fail_at_step: int | None, callbacks: tuple, run_name: str | None) -> StageResult:
+               trainer: type[Trainer], callbacks: tuple, run_name: str | None) -> StageResult:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -97,16 +97,16 @@ def _run_stage(cfg: TrainConfig, stage: StageConfig, init_model: Path, parent_ru
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     inputs = [f"{source}/{split}" for split in ("train", "val") for source in stage.sources]
-    loop_config = {
-        "train": asdict(cfg), "stage": asdict(stage), "init_model": str(Path(init_model).resolve()),
-        "deepspeed": cfg.deepspeed_config() if cfg.engine == "deepspeed" else {}, "tracking_uri": cfg.tracking_uri(), "experiment": cfg.mlflow.experiment,
-        "tags": tags, "inputs": dataset_inputs(tables, [n for n in inputs if n.endswith("/train")], "training")
+    loop = LoopConfig(
+        train=cfg, stage=stage, init_model=str(Path(init_model).resolve()), workdir=str(workdir), tracking=cfg.tracking(),
+        run_name=run_name or stage.name, tags=tags, t0=time.time(),
+        inputs=dataset_inputs(tables, [n for n in inputs if n.endswith("/train")], "training")
         + dataset_inputs(tables, [n for n in inputs if n.endswith("/val")], "validation"),
-        "run_name": run_name or stage.name, "t0": time.time(), "workdir": str(workdir), "fail_at_step": fail_at_step, "fail_marker": str(workdir / f".{stage.name}.failed-once"),
-    }
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=loop_config,
+        deepspeed=cfg.deepspeed_config() if cfg.engine == "deepspeed" else {},
+    )
+    fit = TorchTrainer(
+        train_worker,
+        train_loop_config={"loop": loop, "trainer": trainer},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
@@ -121,7 +121,7 @@ def _run_stage(cfg: TrainConfig, stage: StageConfig, init_model: Path, parent_ru
             failure_config=FailureConfig(max_failures=cfg.max_failures), callbacks=list(callbacks),
         ),
     )
-    result = trainer.fit()
+    result = fit.fit()
     ranked = [(c, m) for c, m in result.best_checkpoints if stage.select_metric in m]
     if not ranked:
         raise RuntimeError(f"stage {stage.name}: no checkpoint reported {stage.select_metric!r}")

@@ -1,18 +1,14 @@
-"""The per-worker training loop (Ray Train V2, DeepSpeed or DDP): stream the shard, step, validate, checkpoint, resume.
-
-Every rank saves its part (its ZeRO shard) into the same reported checkpoint, plus, from rank 0, a consolidated
-``save_pretrained`` model and the loop state; resuming restores model, optimizer, scheduler, step and the position
-in the epoch. Rank 0 validates and logs to MLflow.
-"""
+"""The per-worker training (Ray Train V2, DeepSpeed or DDP): :class:`Trainer` streams the shard, steps, validates,
+checkpoints and resumes; the functions around it are the pieces it is made of."""
 from __future__ import annotations
 
 import contextlib
 import json
 import math
-import os
 import resource
-import time
 import tempfile
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +18,9 @@ import torch
 from chex_model.chex import ANCHOR, ChEX
 from chex_model.image_encoder import normalize
 from chex_model.multitask import Batch
-from chex_model.typed_config import from_dict
 from pipelines.collate import collate
 from pipelines.engines import DdpEngine, DeepSpeedEngine
+from pipelines.lineage import flatten, log_dataset
 from pipelines.tracking import Tracking
 from pipelines.train_config import StageConfig, TrainConfig
 
@@ -131,126 +127,189 @@ def validate(model: ChEX, val_iter, cfg: TrainConfig, stage: StageConfig, device
     return out
 
 
-def _mlflow_start(config: dict[str, Any], run_id: str | None):
-    import mlflow
+@dataclass
+class LoopConfig:
+    """What the driver hands every training worker of a stage (plain data: Ray ships it to the workers)."""
 
-    Tracking(config["tracking_uri"], config["experiment"]).activate()
-    tags = dict(config.get("tags", {}))
-    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else config["run_name"], tags=None if run_id else tags)
-    if run_id is None:
-        from pipelines.lineage import flatten
-
-        mlflow.log_params(flatten({"train": config["train"], "stage": config["stage"]}))
-        for ds in config.get("inputs", []):
-            from pipelines.lineage import log_dataset
-
-            log_dataset(ds)
-    return mlflow, run.info.run_id
+    train: TrainConfig
+    stage: StageConfig
+    init_model: str
+    workdir: str
+    tracking: Tracking
+    run_name: str
+    tags: dict[str, str] = field(default_factory=dict)
+    inputs: list[dict[str, Any]] = field(default_factory=list)  # dataset specs logged as MLflow inputs
+    deepspeed: dict[str, Any] = field(default_factory=dict)
+    t0: float = 0.0  # when the driver called fit(): the time to the first step counts from here
 
 
-def train_loop(config: dict[str, Any]) -> None:
-    """``TorchTrainer`` worker entry point; ``config`` holds plain dicts (train config, stage, paths, MLflow)."""
-    import ray.data
-    import ray.train
-    import ray.util
+class Trainer:
+    """One worker's training of a stage under Ray Train V2: set-up, resume, step, validate, checkpoint.
 
-    cfg = from_dict(TrainConfig, config["train"])
-    stage = from_dict(StageConfig, config["stage"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    use_gpu = torch.cuda.is_available() and cfg.use_gpu
-    device = torch.device(f"cuda:{ctx.get_local_rank()}" if use_gpu else "cpu")
+    Every rank saves its part (its ZeRO shard) into the same reported checkpoint, plus, from rank 0, a consolidated
+    ``save_pretrained`` model and the loop state; resuming restores model, optimizer, scheduler, step and the
+    position in the epoch. Rank 0 validates and logs to MLflow. Subclasses may hook :meth:`after_step`.
+    """
 
-    torch.manual_seed(cfg.data.seed)
-    model = ChEX.from_pretrained(config["init_model"], device=device)
-    set_trainable(model, stage.trains)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(stage))
-    if cfg.engine == "ddp":
-        engine = DdpEngine(model, optimizer, scheduler, cfg.accumulation(), cfg.grad_clip)
-    else:
-        engine = DeepSpeedEngine(model, optimizer, scheduler, config["deepspeed"], use_gpu)
-    dtype = engine.dtype
+    def __init__(self, loop: LoopConfig) -> None:
+        import ray.train
 
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "mlflow_run_id": None}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state.update(engine.load(d))
-    mlflow, run_id = (None, None)
-    if rank == 0:
-        mlflow, run_id = _mlflow_start(config, state.get("mlflow_run_id"))
-        state["mlflow_run_id"] = run_id
+        self.loop, self.cfg, self.stage = loop, loop.train, loop.stage
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        use_gpu = torch.cuda.is_available() and self.cfg.use_gpu
+        self.device = torch.device(f"cuda:{ctx.get_local_rank()}" if use_gpu else "cpu")
+        torch.manual_seed(self.cfg.data.seed)
+        self.model = ChEX.from_pretrained(loop.init_model, device=self.device)
+        set_trainable(self.model, self.stage.trains)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.stage.lr, weight_decay=self.stage.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.stage))
+        if self.cfg.engine == "ddp":
+            self.engine = DdpEngine(self.model, optimizer, self.scheduler, self.cfg.accumulation(), self.cfg.grad_clip)
+        else:
+            self.engine = DeepSpeedEngine(self.model, optimizer, self.scheduler, loop.deepspeed, use_gpu)
+        self.dtype = self.engine.dtype
+        self.state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "mlflow_run_id": None}
+        self.mlflow: Any = None
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def resume(self) -> None:
+        """Continue from the latest reported checkpoint, if Ray restarted the group from one."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint:
+            with checkpoint.as_directory() as d:
+                self.state.update(self.engine.load(d))
+
+    def start_tracking(self) -> None:
+        """Rank 0: open the stage's MLflow run (or reopen it after a restart) and note the worker group's id."""
+        import mlflow
+        import ray.util
+
+        if self.rank != 0:
+            return
+        self.loop.tracking.activate()
+        run_id = self.state.get("mlflow_run_id")
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else self.loop.run_name,
+                               tags=None if run_id else self.loop.tags)
+        if run_id is None:
+            mlflow.log_params(flatten({"train": asdict(self.cfg), "stage": asdict(self.stage)}))
+            for ds in self.loop.inputs:
+                log_dataset(ds)
+        self.mlflow, self.state["mlflow_run_id"] = mlflow, run.info.run_id
         group = ray.util.get_current_placement_group()
         if group is not None:
-            Path(config["workdir"], GROUP_FILE).write_text(group.id.hex())
+            Path(self.loop.workdir, GROUP_FILE).write_text(group.id.hex())
 
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    shard = ray.train.get_dataset_shard("train")
-    val = _ValCache(ray.train.get_dataset_shard("val"), cfg.micro_batch) if rank == 0 else None
-    perf = _Perf(config.get("t0", time.time()), cfg.batch_size)
-    if rank == 0 and state["step"] == 0:  # the untrained baseline, so every curve starts where the stage started
-        with perf.pause():
-            mlflow.log_metrics(validate(model, val.batches(), cfg, stage, device, dtype), step=0)
-    fail_at = config.get("fail_at_step")
-    train_mode(engine, model, stage)
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    while state["step"] < stage.steps:
+    def fit(self) -> None:
+        """Stream the shard epoch after epoch until the stage's last optimizer step."""
+        import ray.data
+        import ray.train
+
+        self.resume()
+        self.start_tracking()
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        shard = ray.train.get_dataset_shard("train")
+        self.val = _ValCache(ray.train.get_dataset_shard("val"), self.cfg.micro_batch) if self.rank == 0 else None
+        self.perf = _Perf(self.loop.t0 or time.time(), self.cfg.batch_size)
+        if self.rank == 0 and self.state["step"] == 0:  # the untrained baseline: every curve starts where the stage did
+            with self.perf.pause():
+                self.mlflow.log_metrics(self.validate(), step=0)
+        train_mode(self.engine, self.model, self.stage)
+        while self.state["step"] < self.stage.steps:
+            if self.epoch(shard):
+                self.state["epoch"] += 1
+                self.state["batch_in_epoch"] = 0
+        if self.rank == 0:
+            self.mlflow.end_run()
+
+    def epoch(self, shard) -> bool:
+        """The rest of this epoch; True when the epoch ran out (False: the stage's last step came first)."""
+        cfg, state = self.cfg, self.state
         skip = state["batch_in_epoch"]
         # no drop_last: the split gives every rank the same number of rows, hence of batches, and a small table
         # must still train; an epoch without a single batch is an error, not an endless loop
         batches = shard.iter_batches(batch_size=cfg.micro_batch, batch_format="numpy",
                                      local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
-                                     local_shuffle_seed=(cfg.data.seed * 1_000_003 + state["epoch"] * 1009 + rank) % 2**31)
+                                     local_shuffle_seed=(cfg.data.seed * 1_000_003 + state["epoch"] * 1009 + self.rank) % 2**31)
         i = -1
         for i, nb in enumerate(batches):
             if i < skip:
                 continue
-            step = state["step"]
-            rng = np.random.default_rng([cfg.data.seed, step, rank, i])
-            torch.manual_seed(cfg.data.seed * 1_000_003 + step * 101 + rank * 7 + i)
-            batch = _batch_to(collate(nb, rng, cfg.data.pathology_classes, cfg.data.anatomy_regions, cfg.data.max_sentences),
-                              device, dtype)
-            # one coin per step, the same on every rank and micro batch (the reference flips it per step)
-            encoding = region_encoding_for(stage, np.random.default_rng([cfg.data.seed, step]))
-            losses = engine(batch, region_encoding=encoding, generate=stage.generate)
-            loss = weighted_loss(losses, stage.loss_weights)
-            for k, v in (("loss", loss), *((f"train/{k}", v) for k, v in losses.items() if k != ANCHOR)):
-                sums[k] = sums.get(k, 0.0) + v.item()
-                counts[k] = counts.get(k, 0) + 1  # a term is averaged over the micro batches that had it
-            boundary = engine.backward_and_step(loss)
-            state["batch_in_epoch"] = i + 1
-            if not boundary:
-                continue
-            state["step"] = step = step + 1
-            perf.stepped(step)
-            if fail_at is not None and step == fail_at and rank == world - 1 and not Path(config["fail_marker"]).exists():
-                Path(config["fail_marker"]).touch()
-                time.sleep(5)  # past the controller's 2 s poll, so the last reported checkpoint is registered
-                os._exit(1)  # a killed worker: Ray restarts the group from the latest checkpoint
-            # loss: this step's mean over micro batches and ranks; loss terms: rank 0's micro batches
-            metrics = {**{k: v / counts[k] for k, v in sums.items()}, "lr": scheduler.get_last_lr()[0], "step": step}
-            metrics["loss"] = _mean_over_ranks(metrics["loss"], device)
-            sums, counts = {}, {}
-            if rank == 0:
-                mlflow.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=step)
-            if step % stage.val_every == 0 or step >= stage.steps:
-                metrics.update(perf.metrics(step, device))
-                with perf.pause():
-                    _report(engine, model, state, metrics, val, cfg, stage, device, dtype, rank, mlflow)
-                train_mode(engine, model, stage)
-            if step >= stage.steps:
-                break
-        else:
-            if i < 0:
-                raise RuntimeError(f"stage {stage.name}: the training split gave rank {rank} no rows "
-                                   f"(sources {stage.sources}, {world} workers)")
-            state["epoch"] += 1
-            state["batch_in_epoch"] = 0
-    if rank == 0:
-        mlflow.end_run()
+            if self.micro_step(nb, i) and state["step"] >= self.stage.steps:
+                return False
+        if i < 0:
+            raise RuntimeError(f"stage {self.stage.name}: the training split gave rank {self.rank} no rows "
+                               f"(sources {self.stage.sources}, {self.world} workers)")
+        return True
+
+    def micro_step(self, nb: dict[str, np.ndarray], i: int) -> bool:
+        """Forward and backward of micro batch ``i``; True when it completed an optimizer step."""
+        cfg, stage, step = self.cfg, self.stage, self.state["step"]
+        rng = np.random.default_rng([cfg.data.seed, step, self.rank, i])
+        torch.manual_seed(cfg.data.seed * 1_000_003 + step * 101 + self.rank * 7 + i)
+        batch = _batch_to(collate(nb, rng, cfg.data.pathology_classes, cfg.data.anatomy_regions, cfg.data.max_sentences),
+                          self.device, self.dtype)
+        # one coin per step, the same on every rank and micro batch (the reference flips it per step)
+        encoding = region_encoding_for(stage, np.random.default_rng([cfg.data.seed, step]))
+        losses = self.engine(batch, region_encoding=encoding, generate=stage.generate)
+        loss = weighted_loss(losses, stage.loss_weights)
+        for k, v in (("loss", loss), *((f"train/{k}", v) for k, v in losses.items() if k != ANCHOR)):
+            self.sums[k] = self.sums.get(k, 0.0) + v.item()
+            self.counts[k] = self.counts.get(k, 0) + 1  # a term is averaged over the micro batches that had it
+        boundary = self.engine.backward_and_step(loss)
+        self.state["batch_in_epoch"] = i + 1
+        if boundary:
+            self.state["step"] += 1
+            self.perf.stepped(self.state["step"])
+            self.after_step(self.state["step"])
+            self.log_step()
+        return boundary
+
+    def after_step(self, step: int) -> None:
+        """Called on every rank after each optimizer step, before logging; a no-op here."""
+
+    def log_step(self) -> None:
+        """This step's metrics; validation and a checkpoint every ``val_every`` steps and at the end."""
+        step = self.state["step"]
+        # loss: this step's mean over micro batches and ranks; loss terms: rank 0's micro batches
+        metrics = {**{k: v / self.counts[k] for k, v in self.sums.items()}, "lr": self.scheduler.get_last_lr()[0]}
+        metrics["loss"] = _mean_over_ranks(metrics["loss"], self.device)
+        self.sums, self.counts = {}, {}
+        if self.rank == 0:
+            self.mlflow.log_metrics(metrics, step=step)
+        if step % self.stage.val_every == 0 or step >= self.stage.steps:
+            metrics.update({**self.perf.metrics(step, self.device), "step": step})
+            with self.perf.pause():
+                self.checkpoint(metrics)
+            train_mode(self.engine, self.model, self.stage)
+
+    def validate(self) -> dict[str, float]:
+        return validate(self.model, self.val.batches(), self.cfg, self.stage, self.device, self.dtype)
+
+    def checkpoint(self, metrics: dict[str, float]) -> None:
+        """Validate (rank 0), then every rank writes its engine shard and reports the same checkpoint."""
+        import ray.train
+
+        if self.rank == 0:
+            metrics.update(self.validate())
+            self.mlflow.log_metrics({k: v for k, v in metrics.items() if k.startswith(("val/", "perf/"))},
+                                    step=self.state["step"])
+        with tempfile.TemporaryDirectory() as tmp:
+            self.engine.save(tmp, dict(self.state))
+            if self.rank == 0:
+                self.model.save_pretrained(Path(tmp) / MODEL_DIR)
+                (Path(tmp) / STATE_FILE).write_text(json.dumps({**self.state, "metrics": metrics}, indent=2))
+            torch.distributed.barrier()
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """``TorchTrainer`` entry point: ``config = {"loop": LoopConfig, "trainer": Trainer or a subclass}``."""
+    config["trainer"](config["loop"]).fit()
 
 
 class _Perf:
@@ -313,19 +372,3 @@ def _mean_over_ranks(x: float, device: torch.device) -> float:
         torch.distributed.all_reduce(value)
         value /= torch.distributed.get_world_size()
     return value.item()
-
-
-def _report(engine, model, state, metrics, val, cfg, stage, device, dtype, rank, mlflow) -> None:
-    """Validate (rank 0), then every rank writes its DeepSpeed shard and reports the same checkpoint."""
-    import ray.train
-
-    if rank == 0:
-        metrics.update(validate(model, val.batches(), cfg, stage, device, dtype))
-        mlflow.log_metrics({k: v for k, v in metrics.items() if k.startswith(("val/", "perf/"))}, step=state["step"])
-    with tempfile.TemporaryDirectory() as tmp:
-        engine.save(tmp, dict(state))
-        if rank == 0:
-            model.save_pretrained(Path(tmp) / MODEL_DIR)
-            (Path(tmp) / STATE_FILE).write_text(json.dumps({**state, "metrics": metrics}, indent=2))
-        torch.distributed.barrier()
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

@@ -3,6 +3,7 @@ boxes, labels, phrases and sentences that say so."""
 from __future__ import annotations
 
 import io
+import sys
 
 import numpy as np
 from PIL import Image
@@ -32,3 +33,25 @@ def raw_row(source: str, sample_id: str = "1") -> dict:
         row["region_phrases"] = [{"region": "right lung", "phrases": ["Opacity in the right lower lobe."]}]
         row["report_sentences"] = ["Opacity in the right lower lobe.", "The left lung is clear."]
     return row
+
+
+def kill_once_trainer(step: int, marker: str) -> type:
+    """A Trainer whose last worker dies once at ``step`` (a fault drill): Ray must restart the group from the latest
+    reported checkpoint. ``marker`` is touched first, so the restarted worker trains on."""
+    import os
+    import time
+    from pathlib import Path
+
+    import ray.cloudpickle
+
+    from pipelines.train_loop import Trainer
+
+    class KillOnce(Trainer):
+        def after_step(self, done: int) -> None:
+            if done == step and self.rank == self.world - 1 and not Path(marker).exists():
+                Path(marker).touch()
+                time.sleep(5)  # past the controller's 2 s poll, so the last reported checkpoint is registered
+                os._exit(1)
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
+    return KillOnce
