@@ -25,7 +25,7 @@ def lesion_images(tables: Path, splits: tuple[str, ...], size: int) -> tuple[tor
     """Images ``(N, 1, S, S)`` of the VinDr rows with boxes and the centre of each image's largest box ``(N, 2)``."""
     import pyarrow.parquet as pq
 
-    from pipelines.train_data import encode_row, table_paths
+    from pipelines.training.data import encode_row, table_paths
 
     images, centres = [], []
     for split in splits:

@@ -136,11 +136,11 @@ def ingest_table(raw: Path, work: Path, size: int) -> None:
     """run_ingest on a fresh Ray limited to 1, then 2 CPUs; a fresh output folder per run."""
     import ray
 
-    from pipelines.ingest import run_ingest
-    from pipelines.ingest_config import IngestConfig
+    from pipelines.ingest.job import run_ingest
+    from pipelines.ingest.config import IngestConfig
 
     print(f"\n2. End-to-end Ray Data ingest, raw -> Parquet (run_ingest, force=True, image_size={size})\n"
-          f"   cold import of pipelines.process (paid by each new Ray worker): {cold_import_s('pipelines.process'):.1f} s")
+          f"   cold import of pipelines.ingest.process (paid by each new Ray worker): {cold_import_s('pipelines.ingest.process'):.1f} s")
     row = "{:>4} {:>7} {:>6} {:>7} {:>7} {:>7} {:>7} {:>10} {:>6} {:>12} {:>15} {:>16}"
     print(row.format("cpus", "init s", "images", "cold s", "cold/s", "warm s", "warm/s", "warm/s/core", "procs",
                      "tree RSS MB", "workers RSS MB", "driver maxrss MB"))

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 def vindr_rows(tables: Path, split: str) -> list[dict]:
     import pyarrow.parquet as pq
 
-    from pipelines.train_data import table_paths
+    from pipelines.training.data import table_paths
 
     return [r for p in table_paths(tables, "vindr_cxr", split) for r in pq.read_table(p).to_pylist() if r["boxes"]]
 

@@ -29,12 +29,12 @@ def timed_run(pipeline) -> tuple[list, dict[str, float], float]:
                 marks.append((msg.split()[1].rstrip(":"), time.perf_counter()))
 
     handler = Marker()
-    logging.getLogger("pipelines.workflow").addHandler(handler)
+    logging.getLogger("pipelines.workflow.runner").addHandler(handler)
     start = time.perf_counter()
     try:
         records = pipeline.run()
     finally:
-        logging.getLogger("pipelines.workflow").removeHandler(handler)
+        logging.getLogger("pipelines.workflow.runner").removeHandler(handler)
     end = time.perf_counter()
     times = {}
     for i, (name, t) in enumerate(marks):
@@ -49,8 +49,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("pipelines.workflow").setLevel(logging.INFO)
-    from pipelines.workflow import Pipeline, load_pipeline_config
+    logging.getLogger("pipelines.workflow.runner").setLevel(logging.INFO)
+    from pipelines.workflow.config import load_pipeline_config
+    from pipelines.workflow.runner import Pipeline
 
     os.chdir(ROOT)
     cfg = load_pipeline_config(args.config)

@@ -19,8 +19,8 @@ from bench.machine import describe_cpu  # noqa: E402
 
 
 def run(tables: Path, workers: int, engine: str, steps: int, workdir: Path) -> dict[str, float]:
-    from pipelines.train import run_stage, stage_input
-    from pipelines.train_config import load_train_config
+    from pipelines.training.stages import run_stage, stage_input
+    from pipelines.training.config import load_train_config
 
     cfg = load_train_config(ROOT / "configs/train/demo.yaml")
     cfg.workdir, cfg.workers, cfg.engine = str(workdir), workers, engine

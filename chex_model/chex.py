@@ -41,7 +41,6 @@ from chex_model.presence import CALIBRATION_FILE, pair_key, paired_margin
 from chex_model.prompt_encoder import PromptEncoder
 
 
-
 @dataclass
 class ImageFeatures:
     patches: Tensor  # (N, h, w, d)
@@ -87,7 +86,7 @@ class ChEX(nn.Module):
             if dim != d:
                 raise ValueError(f"CLIP {name} projection is {dim}-d but d_model is {d}")
         self.image_encoder = ImageEncoder(backbones.vision, cfg.image)
-        self.prompt_encoder = PromptEncoder(backbones.text, backbones.clip_tokenizer, cfg.prompt_cache_size)
+        self.prompt_encoder = PromptEncoder(backbones.text, backbones.clip_tokenizer, cfg.prompt_cache_size, cfg.prompt_encode_chunk)
         self.detector = PromptDetector(d, cfg.detector, cfg.dropout)
         self.post_decoder = PostDecoder(d, cfg.post_decoder, cfg.detector, cfg.dropout)
         self.generator = SentenceGenerator(backbones.lm, backbones.lm_tokenizer, d, cfg.generator)

@@ -71,6 +71,7 @@ class DetectorConfig:
     skip_roi_inference: bool = True
     present_threshold: float = 0.5
     box_reference: bool = False  # box centres offset from an attention-weighted reference point (off = the reference)
+    reference_shift: float = 0.15  # with box_reference: how far (image fraction) a centre may move from its reference
 
 
 @dataclass
@@ -124,6 +125,7 @@ class ChexConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     prompt_cache_size: int = 4096
+    prompt_encode_chunk: int = 8  # texts per text-encoder call: fixed shapes keep an embedding bit-identical
 
     def __post_init__(self) -> None:
         if self.generator.prefix_mode not in ("mlp", "factorized"):

@@ -28,7 +28,6 @@ class Detections:
     detector_features: Tensor | None = None  # (N, Q, d) the ROI tokens before the post decoder refined ``features``
 
 
-REFERENCE_SHIFT = 0.15  # how far (image fraction) a box centre may move from its reference point
 
 
 def source_tokens(patches: Tensor, pos: Tensor) -> Tensor:
@@ -69,7 +68,7 @@ class PromptDetector(nn.Module):
         raw, logits = self.box_head(x), None
         if self.cfg.box_reference:
             logits = self.reference_logits(x, patches)
-            centre = self.reference(logits, patches.shape[1:3]) + REFERENCE_SHIFT * torch.tanh(raw[..., :2])
+            centre = self.reference(logits, patches.shape[1:3]) + self.cfg.reference_shift * torch.tanh(raw[..., :2])
             boxes = torch.cat((centre.clamp(0.0, 1.0), torch.sigmoid(raw[..., 2:])), dim=-1)
         else:
             boxes = torch.sigmoid(raw)

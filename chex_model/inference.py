@@ -236,7 +236,7 @@ def report(model, image: ImageInput, prompt_set: PromptSet | str | Path = "repor
     token, so its sentence (if any) states the absence; one the model cannot call either way is left out;
     ``abnormal`` then holds the query's presence probability.
     Anatomy queries use the model's calibrated abnormality where it has one (fitted after training,
-    :mod:`pipelines.calibrate`), else the reference's positivity on the post-decoded token."""
+    :mod:`pipelines.training.calibrate`), else the reference's positivity on the post-decoded token."""
     ps = prompt_set if isinstance(prompt_set, PromptSet) else load_prompt_set(prompt_set)
     queries = ps.pathology + ps.anatomy
     kinds = ["pathology"] * len(ps.pathology) + ["anatomy"] * len(ps.anatomy)

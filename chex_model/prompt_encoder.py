@@ -9,8 +9,6 @@ from torch import Tensor, nn
 from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerBase
 
 
-ENCODE_CHUNK = 8  # texts per text-encoder call
-
 
 class PromptEncoder(nn.Module):
     """``encode(["Pleural effusion", ...]) -> (Q, d)``; always frozen and in eval mode.
@@ -22,11 +20,12 @@ class PromptEncoder(nn.Module):
     different, and a resumed run, whose cache starts empty, would drift from an uninterrupted one.
     """
 
-    def __init__(self, text: CLIPTextModelWithProjection, tokenizer: PreTrainedTokenizerBase, cache_size: int) -> None:
+    def __init__(self, text: CLIPTextModelWithProjection, tokenizer: PreTrainedTokenizerBase, cache_size: int,
+                 chunk: int = 8) -> None:
         super().__init__()
         self.text = text
         self.tokenizer = tokenizer
-        self.cache_size = cache_size
+        self.cache_size, self.chunk = cache_size, chunk
         self._cache: OrderedDict[str, Tensor] = OrderedDict()
         self.text.requires_grad_(False)
         self.text.eval()
@@ -49,9 +48,9 @@ class PromptEncoder(nn.Module):
         device = self.text.text_projection.weight.device
         out = {}
         for group in by_length.values():
-            for start in range(0, len(group), ENCODE_CHUNK):
-                chunk = group[start: start + ENCODE_CHUNK]
-                rows = [ids[i] for i in chunk] + [ids[chunk[-1]]] * (ENCODE_CHUNK - len(chunk))
+            for start in range(0, len(group), self.chunk):
+                chunk = group[start: start + self.chunk]
+                rows = [ids[i] for i in chunk] + [ids[chunk[-1]]] * (self.chunk - len(chunk))
                 batch = torch.tensor(rows, device=device)
                 embs = self.text(input_ids=batch, attention_mask=torch.ones_like(batch)).text_embeds
                 out.update((texts[i], emb) for i, emb in zip(chunk, embs))

@@ -11,7 +11,8 @@ from evaluation.data import Row, unique_boxes, xyxy
 from evaluation.detection_map import ImageBoxes, map_metrics, match
 from evaluation.grounding import miou_metrics, overlaps
 from evaluation.postprocess import BoxPostprocess, finalize, greedy_search, scale_boxes
-from evaluation.task_detection import RawDetections, chance as _chance
+from evaluation.task_detection import RawDetections
+from evaluation.task_detection import chance as _chance
 
 
 @dataclass

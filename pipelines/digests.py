@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipelines.manifest import RawFile
+    from pipelines.ingest.manifest import RawFile
 
 
 def key_of(*parts: Any) -> str:

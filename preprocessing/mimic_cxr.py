@@ -7,8 +7,8 @@ from pathlib import Path
 
 import polars as pl
 
-from preprocessing.classes import CHEXPERT_14, MIMIC_SPLIT_MAP
 from preprocessing.archive import location
+from preprocessing.classes import CHEXPERT_14, MIMIC_SPLIT_MAP
 from preprocessing.records import RawRecord, Reject, relative
 from preprocessing.tables import find_table, parse_float, read_csv_strings
 

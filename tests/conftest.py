@@ -77,8 +77,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ingested(synth_raw: Path, ray_local, tmp_path_factory) -> tuple[Path, dict]:
     """The ingest job's output on the shared raw tree: ``(folder, manifest)`` (read-only for tests)."""
-    from pipelines.ingest import run_ingest
-    from pipelines.ingest_config import IngestConfig
+    from pipelines.ingest.job import run_ingest
+    from pipelines.ingest.config import IngestConfig
 
     out = tmp_path_factory.mktemp("ingested")
     return out, run_ingest(synth_raw, out, IngestConfig(image_size=INGEST_SIZE))

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from pipelines.augment import AugmentConfig, sample_transform, swap_left_right, warp_boxes, warp_image
-from pipelines.train_data import FINDINGS, PATHOLOGIES, REGIONS, encode_row, oversampling_factor
+from pipelines.training.augment import AugmentConfig, sample_transform, swap_left_right, warp_boxes, warp_image
+from pipelines.training.data import FINDINGS, PATHOLOGIES, REGIONS, encode_row, oversampling_factor
 from train_support import S, raw_row
 
 

@@ -62,8 +62,8 @@ def test_calibration_is_applied_per_key_and_round_trips_with_the_model(tmp_path:
 
 def test_fit_on_ingested_tables_counts_the_labels_and_is_stored(ingested, tmp_path: Path) -> None:
     from chex_model.prompts import load_prompt_set
-    from pipelines.calibrate import calibrate_model_dir
-    from pipelines.train_config import CalibrationConfig
+    from pipelines.training.calibrate import calibrate_model_dir
+    from pipelines.training.config import CalibrationConfig
     from preprocessing.classes import FRONTAL_VIEWS
 
     tables, _ = ingested

@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy.stats import binom
 
-from pipelines.collate import collate, subsample
-from pipelines.train_data import PATHOLOGIES, REGIONS, encode_row
+from pipelines.training.collate import collate, subsample
+from pipelines.training.data import PATHOLOGIES, REGIONS, encode_row
 from train_support import S, raw_row
 
 

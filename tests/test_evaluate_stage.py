@@ -90,7 +90,7 @@ def test_task_groups_expand_and_unknown_tasks_are_errors():
 def test_model_evaluation_end_to_end_with_mlflow(ingested, tiny_model_dir, tmp_path):
     import mlflow
 
-    from pipelines.evaluate import run_evaluation
+    from pipelines.evaluation_run import run_evaluation
 
     tables, manifest = ingested
     cfg = EvalConfig(max_new_tokens=6, bootstrap=Bootstrap(boxes=10, text=2), examples=1)

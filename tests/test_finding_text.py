@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from preprocessing.labeler import CONDITIONS, NEGATIVE, POSITIVE, UNCERTAIN, RuleLabeler, with_no_finding
-from pipelines.collate import collate
-from pipelines.finding_text import finding_targets, found, report_queries, route, sentence_codes
+from pipelines.training.collate import collate
+from pipelines.training.finding_text import finding_targets, found, report_queries, route, sentence_codes
 from preprocessing.classes import CHEXPERT_14
 from preprocessing.synth.catalog import CATALOG
 from test_collate import _numpy_batch

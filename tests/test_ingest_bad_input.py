@@ -9,8 +9,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipelines.ingest import run_ingest
-from pipelines.ingest_config import IngestConfig
+from pipelines.ingest.job import run_ingest
+from pipelines.ingest.config import IngestConfig
 
 SIZE = 48
 
@@ -108,7 +108,7 @@ def test_every_good_record_is_present(broken, synth_raw, ray_local, tmp_path):
 
 def test_too_many_rejects_in_a_source_fail_the_job(broken, ray_local, tmp_path):
     """The broken tree loses 1 of its VinDr images: more than the default 5% of that small source."""
-    from pipelines.ingest import IngestError
+    from pipelines.ingest.job import IngestError
 
     n_vindr = len(list(broken["raw"].rglob("*.dicom")))
     with pytest.raises(IngestError, match=rf"source vindr_cxr: 1 of {n_vindr} records rejected .*max_reject_fraction 5%"):
@@ -117,7 +117,7 @@ def test_too_many_rejects_in_a_source_fail_the_job(broken, ray_local, tmp_path):
 
 
 def test_a_reader_bug_fails_the_job_with_its_source(synth_raw, monkeypatch, tmp_path):
-    from pipelines import ingest
+    from pipelines.ingest import job as ingest
 
     def bug(*args, **kwargs):
         raise AttributeError("'NoneType' object has no attribute 'split'")
@@ -130,7 +130,7 @@ def test_a_reader_bug_fails_the_job_with_its_source(synth_raw, monkeypatch, tmp_
 
 @pytest.mark.parametrize("damage", ["no_entry_table", "missing_column"])
 def test_a_source_that_yields_nothing_fails_the_job_with_the_reason(synth_raw, tmp_path, damage):
-    from pipelines.ingest import IngestError
+    from pipelines.ingest.job import IngestError
 
     raw = tmp_path / "raw"
     shutil.copytree(synth_raw, raw)

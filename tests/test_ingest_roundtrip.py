@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines.ingest import run_ingest
-from pipelines.ingest_config import IngestConfig
-from pipelines.schema import FILE_SCHEMA
+from pipelines.ingest.job import run_ingest
+from pipelines.ingest.config import IngestConfig
+from pipelines.ingest.schema import FILE_SCHEMA
 from preprocessing.synth.catalog import CATALOG
 from preprocessing.synth.generate import sample_truth
 

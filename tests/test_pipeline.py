@@ -113,7 +113,7 @@ def test_pipeline_runs_skips_reruns_what_changed_and_survives_a_failure(tmp_path
 
 
 def test_shipped_pipeline_configs_load():
-    from pipelines.workflow import PipelineConfig
+    from pipelines.workflow.config import PipelineConfig
     from chex_model.typed_config import load_config
 
     from dataclasses import asdict
@@ -133,8 +133,8 @@ def test_kuberay_rayjob_runs_the_paper_pipeline_on_gpu_workers():
     import tomllib
 
     from chex_model.typed_config import load_config
-    from pipelines.train_config import load_train_config
-    from pipelines.workflow import PipelineConfig
+    from pipelines.training.config import load_train_config
+    from pipelines.workflow.config import PipelineConfig
 
     job = yaml.safe_load((REPO / "infra/kuberay/rayjob.yaml").read_text())
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.process import process_record
+from pipelines.ingest.process import process_record
 from preprocessing.image_io import decode_png
 from preprocessing.records import PixelBox, RawRecord
 

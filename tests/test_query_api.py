@@ -211,7 +211,7 @@ def test_int8_cpu_inference_keeps_the_answers(trained_tiny) -> None:
 @pytest.mark.parametrize("kind", ["jpeg", "j2k_dicom"])
 def test_a_query_sees_the_pixels_ingest_stores(kind, tmp_path) -> None:
     """`chex query` and ingest decode a file through one function: the model input is the stored PNG, bit for bit."""
-    from pipelines.process import process_record
+    from pipelines.ingest.process import process_record
     from preprocessing.image_io import decode_png
     from preprocessing.records import RawRecord
     from pydicom.uid import JPEG2000

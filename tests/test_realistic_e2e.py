@@ -4,8 +4,8 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from pipelines.ingest import run_ingest
-from pipelines.ingest_config import IngestConfig
+from pipelines.ingest.job import run_ingest
+from pipelines.ingest.config import IngestConfig
 from preprocessing.image_io import decode_png
 from preprocessing.synth.generate import SynthConfig, synthesize
 

@@ -63,15 +63,15 @@ def test_register_then_lineage_walks_back_to_the_raw_digests(ingested, tiny_mode
 
     from pipelines.cli import main
     from evaluation.config import Bootstrap, EvalConfig
-    from pipelines.evaluate import run_evaluation
-    from pipelines.lineage import dataset_inputs, log_dataset
+    from pipelines.evaluation_run import run_evaluation
+    from pipelines.tracking import dataset_inputs, log_dataset
     from pipelines.tracking import ensure_experiment
-    from pipelines.train import EXPORT_TAG
+    from pipelines.training.stages import EXPORT_TAG
 
     tables, manifest = ingested
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    # a workflow with one stage run, recorded the way pipelines.train records them
+    # a workflow with one stage run, recorded the way pipelines.training.stages records them
     with mlflow.start_run(experiment_id=ensure_experiment(uri, "chex-train"), run_name="workflow"):
         with mlflow.start_run(run_name="generation", nested=True, tags={EXPORT_TAG: str(tiny_model_dir.resolve())}) as stage:
             mlflow.log_params({"stage.name": "generation", "train.model_preset": "tiny"})

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import pipelines.process as process
-from pipelines.ingest import read_sources, source_roots
-from pipelines.ingest_config import IngestConfig, SourcePaths
+import pipelines.ingest.process as process
+from pipelines.ingest.job import read_sources, source_roots
+from pipelines.ingest.config import IngestConfig, SourcePaths
 from preprocessing.chest_imagenome import parse_scene_graph
 from preprocessing.mimic_cxr import read_mimic_cxr
 from preprocessing.records import PixelBox, RawRecord

@@ -12,8 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.ingest import run_ingest
-from pipelines.ingest_config import IngestConfig
+from pipelines.ingest.job import run_ingest
+from pipelines.ingest.config import IngestConfig
 from preprocessing.tables import find_table, read_csv_rows, read_csv_strings
 
 from conftest import INGEST_SIZE

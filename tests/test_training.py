@@ -15,8 +15,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from pipelines.train_config import StageConfig, TrainConfig, load_train_config
-from pipelines.train_loop import Trainer, lr_lambda
+from pipelines.training.config import StageConfig, TrainConfig, load_train_config
+from pipelines.training.trainer import Trainer, lr_lambda
 from train_support import kill_once_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def test_deepspeed_batch_sizes_are_derived_from_one_batch_size():
 
 
 def test_vindr_is_oversampled_exactly_on_a_counted_epoch(ingested):
-    from pipelines.train_data import build_dataset, oversampling_factor
+    from pipelines.training.data import build_dataset, oversampling_factor
 
     tables, manifest = ingested
     ds, info = build_dataset(tables, "train", 32, None, seed=1)
@@ -97,7 +97,7 @@ def test_vindr_is_oversampled_exactly_on_a_counted_epoch(ingested):
 
 
 def test_frontal_only_drops_lateral_mimic_views(ingested):
-    from pipelines.train_data import build_dataset, table_paths
+    from pipelines.training.data import build_dataset, table_paths
 
     tables, _ = ingested
     views = pl.read_parquet(table_paths(tables, "mimic_cxr", "train"), columns=["sample_id", "view_position"])
@@ -112,7 +112,7 @@ def test_frontal_only_drops_lateral_mimic_views(ingested):
 def test_two_workers_learn_and_stages_chain(ingested, ray_local, tmp_path):
     """Two DeepSpeed ZeRO-2 workers: validation loss falls from the step-0 baseline; both ranks' optimizer shards are in
     the checkpoint; the post-decoder stage starts from the detection export and changes only what it trains."""
-    from pipelines.train import run_workflow
+    from pipelines.training.stages import run_workflow
 
     tables, manifest = ingested
     cfg = _config(tmp_path, tables, workers=2, stages=[
@@ -158,7 +158,7 @@ def test_two_workers_learn_and_stages_chain(ingested, ray_local, tmp_path):
 def test_a_killed_worker_resumes_to_the_same_weights(ingested, ray_local, tmp_path):
     """A 4-step run whose worker dies after step 3 restarts from the step-2 checkpoint (model, optimizer, scheduler,
     data position) and ends with the weights of an uninterrupted 4-step run."""
-    from pipelines.train import run_stage, stage_input
+    from pipelines.training.stages import run_stage, stage_input
 
     tables, _ = ingested
     results, cfgs = [], []
@@ -186,7 +186,7 @@ def test_a_killed_worker_resumes_to_the_same_weights(ingested, ray_local, tmp_pa
 
 
 def test_a_two_trial_sweep_logs_child_runs_and_a_best_config(ingested, ray_local, tmp_path):
-    from pipelines.tune import AshaConfig, ParamSpace, SweepConfig, run_sweep
+    from pipelines.training.sweep import AshaConfig, ParamSpace, SweepConfig, run_sweep
 
     tables, _ = ingested
     cfg = _config(tmp_path / "train", tables, workers=1, stages=[{"name": "detection"}])
@@ -216,8 +216,8 @@ def test_a_two_trial_sweep_logs_child_runs_and_a_best_config(ingested, ray_local
 def _train_split_loss(cfg: TrainConfig, stage: StageConfig, tables: Path, model_dir) -> float:
     """The stage's weighted loss of a model on every (unaugmented) training image, computed here in the test process."""
     from chex_model.chex import ChEX
-    from pipelines.train_data import encode_row, table_paths
-    from pipelines.train_loop import validate
+    from pipelines.training.data import encode_row, table_paths
+    from pipelines.training.trainer import validate
 
     rows = []
     for source in ("mimic_cxr", "vindr_cxr"):

@@ -44,7 +44,7 @@ def kill_once_trainer(step: int, marker: str) -> type:
 
     import ray.cloudpickle
 
-    from pipelines.train_loop import Trainer
+    from pipelines.training.trainer import Trainer
 
     class KillOnce(Trainer):
         def after_step(self, done: int) -> None:

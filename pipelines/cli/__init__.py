@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from chex_model.checkpoint import CheckpointError
     from chex_model.typed_config import ConfigError
     from evaluation.meteor import MissingJavaError
-    from pipelines.workflow import StageFailed
+    from pipelines.workflow.state import StageFailed
 
     try:
         args.run(args)

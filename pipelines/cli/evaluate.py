@@ -39,7 +39,7 @@ def _check_text_scoring(labeler: str) -> None:
 def run_evaluate(args: argparse.Namespace) -> None:
     from chex_model.typed_config import load_config
     from evaluation.config import EvalConfig
-    from pipelines.evaluate import RESULTS, TABLE, run_evaluation
+    from pipelines.evaluation_run import RESULTS, TABLE, run_evaluation
     from preprocessing.records import TABLES
 
     cfg = load_config(EvalConfig, existing(args.config, "--config") if args.config else None)

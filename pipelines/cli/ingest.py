@@ -34,9 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def ingest(args: argparse.Namespace, raw: Path, out: Path) -> None:
     from chex_model.typed_config import load_config
-    from pipelines.ingest import run_ingest
-    from pipelines.ingest_config import IngestConfig
-    from pipelines.summary import summary_table
+    from pipelines.ingest.config import IngestConfig
+    from pipelines.ingest.job import run_ingest
+    from pipelines.ingest.summary import summary_table
 
     cfg = load_config(IngestConfig, args.config)
     if args.image_size:

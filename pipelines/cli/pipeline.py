@@ -20,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_pipeline(args: argparse.Namespace) -> None:
-    from pipelines.workflow import Pipeline, load_pipeline_config
+    from pipelines.workflow.config import load_pipeline_config
+    from pipelines.workflow.runner import Pipeline
 
     cfg = load_pipeline_config(existing(args.config, "--config"))
     records = Pipeline(cfg).run(args.from_stage, args.only, args.address)

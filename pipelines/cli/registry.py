@@ -28,9 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_register(args: argparse.Namespace) -> None:
     import mlflow
 
-    from pipelines.lineage import code_tags
     from pipelines.registry import register, results_metric
-    from pipelines.tracking import Tracking
+    from pipelines.tracking import Tracking, code_tags
 
     model_folder(args.model)
     try:
@@ -50,7 +49,7 @@ def run_register(args: argparse.Namespace) -> None:
 def run_lineage(args: argparse.Namespace) -> None:
     from mlflow.exceptions import MlflowException
 
-    from pipelines.model_lineage import format_lineage, model_lineage
+    from pipelines.lineage import format_lineage, model_lineage
 
     if not args.tracking_uri:
         raise UsageError("give --tracking-uri (or set MLFLOW_TRACKING_URI)")

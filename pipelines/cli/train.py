@@ -26,8 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> None:
     from pipelines.ray_runtime import init_ray
-    from pipelines.train import run_workflow
-    from pipelines.train_config import load_train_config
+    from pipelines.training.config import load_train_config
+    from pipelines.training.stages import run_workflow
 
     cfg = load_train_config(existing(args.config, "--config"))
     if args.workers:
@@ -45,7 +45,7 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_tune(args: argparse.Namespace) -> None:
-    from pipelines.tune import load_sweep_config, run_sweep
+    from pipelines.training.sweep import load_sweep_config, run_sweep
 
     sweep = load_sweep_config(existing(args.config, "--config"))
     if args.samples:

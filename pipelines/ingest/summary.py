@@ -5,7 +5,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipelines.ingest import REJECTS
+from pipelines.ingest.job import REJECTS
 from preprocessing.records import TABLES
 
 

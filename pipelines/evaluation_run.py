@@ -13,9 +13,8 @@ from evaluation.config import EvalConfig
 from evaluation.evaluate import SOURCES, Evaluation, TaskResult
 from evaluation.table import markdown
 from pipelines.digests import file_sha256
-from pipelines.lineage import code_tags, dataset_inputs, flatten, log_dataset
-from pipelines.tracking import STORE, Tracking, default_uri
-from pipelines.train import EXPORT_TAG
+from pipelines.tracking import STORE, Tracking, code_tags, dataset_inputs, default_uri, flatten, log_dataset
+from pipelines.training.stages import EXPORT_TAG
 
 log = logging.getLogger(__name__)
 RESULTS, TABLE = "results.json", "table.md"

@@ -10,14 +10,14 @@ import hashlib
 import json
 import zipfile
 import zlib
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from preprocessing.box_geometry import box_inside_image, clip_xyxy, xyxy_to_stored_cxcywh
 from preprocessing.archive import read_member
+from preprocessing.box_geometry import box_inside_image, clip_xyxy, xyxy_to_stored_cxcywh
 from preprocessing.chest_imagenome import SceneGraphError, parse_scene_graph
 from preprocessing.image_io import ImageDecodeError, encode_png, load_resized
 from preprocessing.records import PixelBox, RawRecord, Reject

@@ -12,9 +12,9 @@ import shutil
 import time
 import zipfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -23,12 +23,12 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
 
-from pipelines.ray_runtime import init_ray
-from pipelines import manifest as mf
 from pipelines.digests import content_digest, dataset_digest, key_of, stat_fingerprint
-from pipelines.ingest_config import IngestConfig
-from pipelines.process import process_or_fail, read_reports, row_digest
-from pipelines.schema import PARTITION_COLUMNS, REJECT_SCHEMA, SCHEMA, SCHEMA_VERSION
+from pipelines.ingest import manifest as mf
+from pipelines.ingest.config import IngestConfig
+from pipelines.ingest.process import process_or_fail, read_reports, row_digest
+from pipelines.ingest.schema import PARTITION_COLUMNS, REJECT_SCHEMA, SCHEMA, SCHEMA_VERSION
+from pipelines.ray_runtime import init_ray
 from preprocessing.chest_imagenome import index_scene_graphs
 from preprocessing.mimic_cxr import image_lookup, read_mimic_cxr
 from preprocessing.ms_cxr import read_ms_cxr
@@ -163,13 +163,18 @@ def _top_reasons(rejects: list[dict], source: str, n: int = 3) -> str:
 
 
 def check_sources_yield(roots: dict[str, Path], records: list[RawRecord], rejects: list[Reject]) -> None:
-    """A configured source whose folder exists but whose reader found no record fails the job: silently writing
-    nothing for it would look like a finished ingest."""
+    """A configured source whose folder exists but whose reader found no record because of rejects (a missing or
+    unreadable table, every row bad) fails the job: writing nothing for it would look like a finished ingest. Tables
+    that are readable but hold no data rows (a tiny synthetic tree) add a note to the rejects table instead."""
     found = Counter(r.source for r in records)
     for root_name, source in RECORD_SOURCES.items():
-        if root_name in roots and not found[source]:
+        if root_name not in roots or found[source]:
+            continue
+        if any(r.source == source for r in rejects):
             raise IngestError(f"source {source} under {roots[root_name]} yielded no records: "
                               f"{_top_reasons([asdict(r) for r in rejects], source)}")
+        log.warning("source %s: its tables under %s hold no data rows", source, roots[root_name])
+        rejects.append(Reject(source, str(roots[root_name]), "table", "the tables hold no data rows: nothing ingested"))
 
 
 def check_reject_ceiling(records: list[RawRecord], rows: dict[tuple[str, str, str], str], rejects: list[dict],

@@ -15,8 +15,22 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.augment import AugmentConfig, flip_region, photometric, sample_transform, swap_left_right, warp_boxes, warp_image
-from preprocessing.classes import CIG_ANATOMICAL_FINDINGS_43, CIG_ANATOMY_29, CIG_DISEASES_10, FRONTAL_VIEWS, VINDR_LOCAL_22
+from pipelines.training.augment import (
+    AugmentConfig,
+    flip_region,
+    photometric,
+    sample_transform,
+    swap_left_right,
+    warp_boxes,
+    warp_image,
+)
+from preprocessing.classes import (
+    CIG_ANATOMICAL_FINDINGS_43,
+    CIG_ANATOMY_29,
+    CIG_DISEASES_10,
+    FRONTAL_VIEWS,
+    VINDR_LOCAL_22,
+)
 from preprocessing.image_io import decode_png
 from preprocessing.records import split_dir
 

@@ -1,6 +1,6 @@
 """Hyper-parameter sweeps of one training stage with Ray Tune (Train V2 pattern).
 
-Each trial is a Tune function that builds and fits its own ``TorchTrainer`` (:func:`pipelines.train.run_stage`) with
+Each trial is a Tune function that builds and fits its own ``TorchTrainer`` (:func:`pipelines.training.stages.run_stage`) with
 Tune's report callback, so ASHA sees every validation report and stops weak trials early. Every trial is an MLflow
 child run of one sweep run; the best trial's values are written into a copy of the training config (and logged).
 """
@@ -14,10 +14,9 @@ from typing import Any
 import yaml
 
 from chex_model.typed_config import ConfigError, from_dict, load_config
-from pipelines.lineage import code_tags
-from pipelines.tracking import default_uri
-from pipelines.train_config import StageConfig, TrainConfig, load_train_config
-from pipelines.train_loop import GROUP_FILE
+from pipelines.tracking import code_tags, default_uri
+from pipelines.training.config import StageConfig, TrainConfig, load_train_config
+from pipelines.training.trainer import GROUP_FILE
 
 KINDS = ("loguniform", "uniform", "choice")
 
@@ -107,7 +106,7 @@ def _trial(config: dict[str, Any]) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipelines.train import run_stage
+    from pipelines.training.stages import run_stage
 
     name = tune.get_context().get_trial_name()
     cfg = from_dict(TrainConfig, config["train"])
@@ -125,7 +124,7 @@ def release_leftover_groups(sweep_dir: Path) -> None:
     """Remove the worker groups of trials that Tune stopped mid-fit (ASHA, max_t). Stopping kills the trial before
     its trainer tears down; Ray Train's own cleaner needs the State API (absent without the dashboard), and the next
     trial's data tasks would wait forever for those CPUs. Each trainer's rank 0 records its group's id in
-    ``<trial>/placement_group`` (:data:`pipelines.train_loop.GROUP_FILE`); only those ids are touched."""
+    ``<trial>/placement_group`` (:data:`pipelines.training.trainer.GROUP_FILE`); only those ids are touched."""
     import ray
     from ray.util import placement_group_table
     from ray.util.placement_group import PlacementGroup, get_current_placement_group, remove_placement_group
@@ -159,7 +158,7 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, train_cfg: TrainCo
     from ray.tune.search import BasicVariantGenerator
 
     from pipelines.ray_runtime import init_ray
-    from pipelines.train import stage_input
+    from pipelines.training.stages import stage_input
 
     train_cfg = copy.deepcopy(train_cfg) if train_cfg is not None else load_train_config(Path(sweep.train))
     stages = {s.name: s for s in train_cfg.stage_configs()}

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from chex_model.typed_config import ConfigError, load_config
-from pipelines.augment import AugmentConfig
 from pipelines.tracking import Tracking
+from pipelines.training.augment import AugmentConfig
 
 TRAINABLE = ("image_encoder", "image_encoder_top", "detector", "post_decoder", "generator")
 ENGINES = ("deepspeed", "ddp")
@@ -63,7 +63,7 @@ class StageConfig:
 
 @dataclass
 class CalibrationConfig:
-    """Presence calibration of the report's pathology queries (pipelines/calibrate.py), refitted after each stage
+    """Presence calibration of the report's pathology queries (pipelines/training/calibrate.py), refitted after each stage
     that trains the image encoder or the detector."""
 
     enabled: bool = True

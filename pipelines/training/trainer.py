@@ -18,11 +18,10 @@ import torch
 from chex_model.chex import ANCHOR, ChEX
 from chex_model.image_encoder import normalize
 from chex_model.multitask import Batch
-from pipelines.collate import collate
-from pipelines.engines import DdpEngine, DeepSpeedEngine
-from pipelines.lineage import flatten, log_dataset
-from pipelines.tracking import Tracking
-from pipelines.train_config import StageConfig, TrainConfig
+from pipelines.tracking import Tracking, flatten, log_dataset
+from pipelines.training.collate import collate
+from pipelines.training.config import StageConfig, TrainConfig
+from pipelines.training.engines import DdpEngine, DeepSpeedEngine
 
 MODEL_DIR = "model"
 STATE_FILE = "state.json"  # step, epoch, position and MLflow run of a checkpoint, for people and the driver

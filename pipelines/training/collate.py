@@ -1,6 +1,6 @@
 """Worker side of the data path: a numpy batch from the Ray Data shard -> a multitask :class:`Batch` (torch), with
 the reference's per-step subsampling of pathology classes and anatomy regions. Kept apart from
-:mod:`pipelines.train_data` so the Ray Data tasks that decode and augment never import torch or the model."""
+:mod:`pipelines.training.data` so the Ray Data tasks that decode and augment never import torch or the model."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,8 @@ import torch
 
 from chex_model.multitask import AnatomyTargets, Batch, PathologyTargets
 from chex_model.prompts import anatomy_prompts, cig_finding_prompts, vindr_prompts
-from pipelines.finding_text import finding_targets
-from pipelines.train_data import FINDINGS, PATHOLOGIES, REGIONS
+from pipelines.training.data import FINDINGS, PATHOLOGIES, REGIONS
+from pipelines.training.finding_text import finding_targets
 
 
 def subsample(present: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from chex_model.typed_config import ConfigError
-from pipelines.lineage import code_tags, dataset_inputs
-from pipelines.train_config import StageConfig, TrainConfig
-from pipelines.train_data import build_dataset, epoch_steps, ms_cxr_image_ids
-from pipelines.train_loop import MODEL_DIR, STATE_FILE, LoopConfig, Trainer, train_worker
+from pipelines.tracking import code_tags, dataset_inputs
+from pipelines.training.config import StageConfig, TrainConfig
+from pipelines.training.data import build_dataset, epoch_steps, ms_cxr_image_ids
+from pipelines.training.trainer import MODEL_DIR, STATE_FILE, LoopConfig, Trainer, train_worker
 from preprocessing.records import TABLES
 
 FEATURE_PARTS = ("image_encoder", "image_encoder_top", "detector")  # trainable parts that move the presence margin
@@ -142,7 +142,7 @@ def _calibrate(cfg: TrainConfig, model_dir: Path, run_id: str | None) -> None:
     """Refit the presence calibration of a stage that moved the detector's ROI tokens (or drop the stale one it
     inherited), and log its per-query statistics to the stage's run."""
     from chex_model.presence import CALIBRATION_FILE
-    from pipelines.calibrate import calibrate_model_dir
+    from pipelines.training.calibrate import calibrate_model_dir
 
     if not cfg.calibration.enabled:
         (model_dir / CALIBRATION_FILE).unlink(missing_ok=True)

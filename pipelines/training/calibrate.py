@@ -16,9 +16,9 @@ from chex_model.chex import ChEX
 from chex_model.image_encoder import encoder_input
 from chex_model.presence import fit_platt, pair_key, paired_margin, positivity_key
 from chex_model.prompts import anatomy_prompts, load_prompt_set
-from pipelines.finding_text import found, report_queries, sentence_codes
-from pipelines.train_config import CalibrationConfig
-from pipelines.train_data import ms_cxr_image_ids, table_paths
+from pipelines.training.config import CalibrationConfig
+from pipelines.training.data import ms_cxr_image_ids, table_paths
+from pipelines.training.finding_text import found, report_queries, sentence_codes
 from preprocessing.classes import FRONTAL_VIEWS
 from preprocessing.image_io import decode_png
 

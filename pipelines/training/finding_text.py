@@ -22,8 +22,8 @@ import torch
 
 from chex_model.multitask import FindingTargets
 from chex_model.prompts import load_prompt_set
-from preprocessing.labeler import BLANK, CONDITIONS, POSITIVE, UNCERTAIN, RuleLabeler, strongest, with_no_finding
 from preprocessing.classes import CHEXPERT_14
+from preprocessing.labeler import BLANK, CONDITIONS, POSITIVE, UNCERTAIN, RuleLabeler, strongest, with_no_finding
 
 _COLUMNS = np.array([CONDITIONS.index(c) for c in CHEXPERT_14])  # labeler columns in the report's query order
 _NO_FINDING = CHEXPERT_14.index("No Finding")

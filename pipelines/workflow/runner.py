@@ -1,0 +1,155 @@
+"""``chex pipeline run``: the stages in order under one MLflow parent run, with a child run per stage.
+
+A stage whose key matches its last successful run in ``<workdir>/pipeline_state.json`` and whose outputs still
+exist is skipped, so a rerun only does what changed; ``from_stage`` forces a rerun from there on. A failing stage
+stops the run with its error and leaves every earlier stage's outputs and state in place.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from chex_model.typed_config import ConfigError, from_dict, load_config
+from pipelines.tracking import Tracking
+from pipelines.training.config import StageConfig
+from pipelines.workflow.config import PipelineConfig
+from pipelines.workflow.stages import (
+    Context,
+    EvaluateStage,
+    IngestStage,
+    RegisterStage,
+    Stage,
+    SweepStage,
+    SynthStage,
+    TrainStage,
+)
+from pipelines.workflow.state import PipelineState, StageFailed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageRecord:
+    name: str
+    key: str
+    outputs: dict[str, Any]
+    skipped: bool
+
+
+class Pipeline:
+    """The resolved configs of one pipeline and its stages, in order."""
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        from evaluation.config import EvalConfig
+        from pipelines.ingest.config import IngestConfig
+        from pipelines.training.config import load_train_config
+
+        self.cfg = cfg
+        self.workdir = Path(cfg.workdir).resolve()
+        self.ingest_cfg = load_config(IngestConfig, Path(cfg.ingest))
+        if cfg.image_size:
+            self.ingest_cfg.image_size = cfg.image_size
+        self.train_cfg = load_train_config(Path(cfg.train))
+        self.eval_cfg = load_config(EvalConfig, Path(cfg.evaluate))
+        self.train_cfg.workdir = str(self.workdir / "train")
+        self.train_cfg.data.tables = str(self.workdir / "ingested")
+        self.train_cfg.mlflow.tracking_uri = cfg.tracking()
+        self.train_cfg.mlflow.experiment = cfg.experiment
+        if self.train_cfg.deepspeed and not Path(self.train_cfg.deepspeed).is_absolute():
+            self.train_cfg.deepspeed = str(Path(self.train_cfg.deepspeed).resolve())
+        self.train_cfg.accumulation()
+        self.sweep_cfg = None
+        if cfg.sweep:
+            from pipelines.training.sweep import load_sweep_config
+
+            self.sweep_cfg = load_sweep_config(Path(cfg.sweep))
+            self.sweep_cfg.train, self.sweep_cfg.workdir = cfg.train, str(self.workdir / "sweep")
+            if self.sweep_cfg.stage not in {s.name for s in self.train_cfg.stage_configs()}:
+                raise ConfigError(f"{cfg.sweep}: stage {self.sweep_cfg.stage!r} is not a stage of {cfg.train}")
+        self.stages = self._stages()
+
+    def _stages(self) -> list[Stage]:
+        stages: list[Stage] = ([] if self.cfg.raw else [SynthStage()]) + [IngestStage()]
+        for s in self.train_cfg.stage_configs():
+            if self.sweep_cfg is not None and s.name == self.sweep_cfg.stage:
+                stages.append(SweepStage())
+            stages.append(TrainStage(s.name))
+        return stages + [EvaluateStage(), RegisterStage()]
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+    @property
+    def last_train(self) -> str:
+        return [s.name for s in self.stages if isinstance(s, TrainStage)][-1]
+
+    def stage_config(self, name: str, up: dict[str, Any]) -> StageConfig:
+        """A training stage's config, with the sweep's best values applied to the swept stage."""
+        from pipelines.training.sweep import apply_params
+
+        stage = next(s for s in self.train_cfg.stage_configs() if s.name == name)
+        if "sweep" in up and stage.name == self.sweep_cfg.stage:
+            stage = from_dict(StageConfig, apply_params(asdict(stage), up["sweep"]["params"]))
+        return stage
+
+    def previous_weights(self, name: str, up: dict[str, Any]) -> str | None:
+        """The weights digest of the last training stage before ``name`` (None for the first)."""
+        before = self.stage_names[: self.stage_names.index(name)]
+        trained = [n for n in before if n.startswith("train:")]
+        return up[trained[-1]]["weights_sha256"] if trained else None
+
+    def run(self, from_stage: str | None = None, only: str | None = None, address: str | None = None) -> list[StageRecord]:
+        import mlflow
+
+        from pipelines.ray_runtime import init_ray
+        from pipelines.tracking import code_tags, flatten
+
+        names = self.stage_names
+        for s in (from_stage, only):
+            if s is not None and s not in names:
+                raise ConfigError(f"unknown stage {s!r}; this pipeline has {names}")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        forced = set(names[names.index(from_stage):]) if from_stage else set()
+        init_ray(address)
+        exp = Tracking(self.cfg.tracking(), self.cfg.experiment).activate()  # nested stage runs land in it too
+        with mlflow.start_run(experiment_id=exp, run_name="pipeline", tags=code_tags()) as parent:
+            (self.workdir / "resolved_config.json").write_text(json.dumps(
+                {"pipeline": asdict(self.cfg), "ingest": asdict(self.ingest_cfg), "train": asdict(self.train_cfg),
+                 "evaluate": asdict(self.eval_cfg)}, indent=2, default=str))
+            mlflow.log_artifact(str(self.workdir / "resolved_config.json"))
+            mlflow.log_params(flatten({"pipeline": asdict(self.cfg)}))
+            ctx = Context(self, {}, parent.info.run_id, address)
+            stages = self.stages[: names.index(only) + 1] if only else self.stages
+            records = [self._run_or_skip(stage, ctx, PipelineState(self.workdir), forced, only) for stage in stages]
+            mlflow.set_tags({f"stage.{r.name}": "skipped" if r.skipped else "ran" for r in records})
+        return records
+
+    def _run_or_skip(self, stage: Stage, ctx: Context, state: PipelineState, forced: set[str],
+                     only: str | None) -> StageRecord:
+        """Reuse the stage's last result when its key and outputs still hold, else run it and record the result."""
+        import mlflow
+
+        key, inputs = stage.key(ctx)
+        prev = state.get(stage.name)
+        reusable = prev.get("key") == key and prev.get("status") == "succeeded" and stage.outputs_exist(prev.get("outputs", {}))
+        if (only and stage.name != only) or (reusable and stage.name not in forced):
+            if not reusable:
+                raise ConfigError(f"--only {only}: stage {stage.name} has no up-to-date result to build on; run it first")
+            ctx.upstream[stage.name] = prev["outputs"]
+            log.info("stage %s: unchanged, skipped", stage.name)
+            return StageRecord(stage.name, key, prev["outputs"], True)
+        log.info("stage %s: running", stage.name)
+        state.set(stage.name, key=key, status="running", inputs=inputs)
+        try:
+            outputs = stage.run(ctx)
+        except Exception as exc:
+            state.set(stage.name, key=key, status="failed", inputs=inputs, error=f"{type(exc).__name__}: {exc}")
+            mlflow.set_tag("failed_stage", stage.name)
+            raise StageFailed(stage.name, exc) from exc
+        state.set(stage.name, key=key, status="succeeded", inputs=inputs, outputs=outputs)
+        ctx.upstream[stage.name] = outputs
+        return StageRecord(stage.name, key, outputs, False)
