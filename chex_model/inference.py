@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from chex_model.image_encoder import normalize
+from chex_model.image_encoder import encoder_input
 from chex_model.presence import pair_key, paired_margin, positivity_key
 from chex_model.prompts import PromptSet, load_prompt_set, negative
 from preprocessing.box_geometry import crop_frame
@@ -27,7 +27,7 @@ Box = tuple[float, float, float, float]
 
 @dataclass
 class PreparedImage:
-    pixels: Tensor  # (1, 1, S, S) in [0, 1]
+    square: np.ndarray  # uint8 (S, S): what the model sees, as ingest stores it
     original: np.ndarray  # uint8 as decoded, for drawing (a file may decode at a reduced, aspect-true scale)
     width: int
     height: int
@@ -72,14 +72,13 @@ def prepare_image(image: ImageInput, size: int) -> PreparedImage:
     A file goes through :func:`preprocessing.image_io.load_resized`, the function ingest stores images with, so a
     query sees exactly the pixels training saw (DICOMs equalized, as the ingest default).
     """
-    if isinstance(image, PreparedImage) and image.pixels.shape[-1] == size:
+    if isinstance(image, PreparedImage) and image.square.shape == (size, size):
         return image
     if isinstance(image, PreparedImage):
         image = image.original
     if isinstance(image, (str, Path)):
         loaded = load_resized(image, size, equalize_dicom=True)
-        return PreparedImage(torch.from_numpy(loaded.pixels.astype(np.float32) / 255.0)[None, None], loaded.decoded,
-                             loaded.width, loaded.height)
+        return PreparedImage(loaded.pixels, loaded.decoded, loaded.width, loaded.height)
     if isinstance(image, Image.Image):
         gray = np.asarray(image.convert("L"))
     elif isinstance(image, Tensor):
@@ -87,8 +86,7 @@ def prepare_image(image: ImageInput, size: int) -> PreparedImage:
     else:
         gray = _to_uint8(np.asarray(image))
     h, w = gray.shape
-    pixels = torch.from_numpy(resize_center_crop(gray, size).astype(np.float32) / 255.0)[None, None]
-    return PreparedImage(pixels, gray, w, h)
+    return PreparedImage(resize_center_crop(gray, size), gray, w, h)
 
 
 @dataclass
@@ -174,7 +172,7 @@ def query(
     prep = prepare_image(image, model.image_encoder.image_size)
     dev = model.device
     with _eval(model):
-        feats = model.encode_image(normalize(prep.pixels.to(dev), model.cfg.image))
+        feats = model.encode_image(encoder_input([prep.square], prep.square.shape[0], model.cfg.image, dev))
         results: list[QueryResult] = []
         features = []
         if prompts:
@@ -243,7 +241,7 @@ def report(model, image: ImageInput, prompt_set: PromptSet | str | Path = "repor
     n_patho, gated = len(ps.pathology), bool(ps.pathology_negative)
     prep = prepare_image(image, model.image_encoder.image_size)
     with _eval(model):
-        feats = model.encode_image(normalize(prep.pixels.to(model.device), model.cfg.image))
+        feats = model.encode_image(encoder_input([prep.square], prep.square.shape[0], model.cfg.image, model.device))
         det = model.detect(feats, model.encode_prompts(queries + ps.pathology_negative)[None])
         feat = det.features[0, : len(queries)].clone()
         abnormal = torch.ones(len(queries), device=feat.device)

@@ -22,7 +22,7 @@ from tests_support import write_dicom
 
 def test_boxes_map_between_the_image_and_the_model_crop() -> None:
     prep = prepare_image(np.zeros((300, 420), dtype=np.uint8), 64)
-    assert prep.pixels.shape == (1, 1, 64, 64) and (prep.width, prep.height) == (420, 300)
+    assert prep.square.shape == (64, 64) and (prep.width, prep.height) == (420, 300)
     xyxy = np.array([[100.0, 40.0, 220.0, 260.0]])  # pixels of the 420 x 300 image
     stored, keep = xyxy_to_stored_cxcywh(xyxy, 420, 300)  # the ingest pipeline's (independent) crop-frame conversion
     image_norm = torch.tensor([[160 / 420, 150 / 300, 120 / 420, 220 / 300]], dtype=torch.float64)
@@ -229,5 +229,5 @@ def test_a_query_sees_the_pixels_ingest_stores(kind, tmp_path) -> None:
     row, rejects = process_record(rec, 64, True, None)
     assert rejects == []
     prepared = prepare_image(path, 64)
-    assert np.array_equal((prepared.pixels[0, 0].numpy() * 255).round().astype(np.uint8), decode_png(row["image_png"]))
+    assert np.array_equal(prepared.square, decode_png(row["image_png"]))
     assert (prepared.width, prepared.height) == (260, 300)

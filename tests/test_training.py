@@ -226,7 +226,7 @@ def _train_split_loss(cfg: TrainConfig, stage: StageConfig, tables: Path, model_
     batches = [{k: np.stack([r[k] for r in rows[i:i + 4]]) for k in rows[0]} for i in range(0, len(rows), 4)]
     torch.manual_seed(0)
     model = ChEX.from_pretrained(model_dir)
-    every_image = replace(cfg, data=replace(cfg.data, val_fraction_cap=10**6))
+    every_image = replace(cfg, data=replace(cfg.data, val_max_images=10**6))
     return validate(model, batches, every_image, stage, torch.device("cpu"), torch.float32)["val/loss"]
 
 

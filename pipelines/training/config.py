@@ -29,7 +29,7 @@ class DataConfig:
     pathology_classes: int = 10  # class queries kept per step (reference subsample 10)
     anatomy_regions: int = 20  # anatomy queries kept per step (reference subsample 20)
     max_sentences: int = 8  # report sentences per image used as prompts per step
-    val_fraction_cap: int = 64  # at most this many val images per validation pass
+    val_max_images: int = 64  # at most this many val images per validation pass
     seed: int = 42
     cache_rows: bool = False  # keep the read rows (compressed) in the object store across epochs; for data that fits
     shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer (reseeded every epoch)

@@ -89,7 +89,7 @@ def _run_stage(cfg: TrainConfig, stage: StageConfig, init_model: Path, parent_ru
         per_epoch = info["counts"]["mimic_cxr"] + info["counts"]["vindr_cxr"] * info["vindr_factor"]
         stage = replace(stage, steps=epoch_steps(round(stage.epochs * per_epoch), cfg.batch_size))
     # small and fixed: computed once here, so the workers only fetch blocks
-    val_ds = build_dataset(tables, "val", size, None, cfg.data.seed, 1, exclude, limit=cfg.data.val_fraction_cap,
+    val_ds = build_dataset(tables, "val", size, None, cfg.data.seed, 1, exclude, limit=cfg.data.val_max_images,
                            sources=tuple(stage.sources), frontal_only=cfg.data.frontal_only)[0].materialize()
     workdir = Path(cfg.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)

@@ -91,7 +91,7 @@ def _batch_to(batch: Batch, device: torch.device, dtype: torch.dtype) -> Batch:
 
 @torch.no_grad()
 def validate(model: ChEX, val_iter, cfg: TrainConfig, stage: StageConfig, device, dtype) -> dict[str, float]:
-    """Losses on up to ``val_fraction_cap`` val images (no augmentation), plus anatomy box mIoU of the detector."""
+    """Losses on up to ``val_max_images`` val images (no augmentation), plus anatomy box mIoU of the detector."""
     from chex_model import box_ops
 
     was = model.training
@@ -117,7 +117,7 @@ def validate(model: ChEX, val_iter, cfg: TrainConfig, stage: StageConfig, device
                 iou_sum += float(torch.diag(box_ops.box_iou(pred, tgt)).sum())
                 iou_n += len(pred)
         seen += batch.images.shape[0]
-        if seen >= cfg.data.val_fraction_cap:
+        if seen >= cfg.data.val_max_images:
             break
     model.train(was)
     out = {f"val/{k}": v / counts[k] for k, v in sums.items()}  # each term over the batches that had it
