@@ -16,7 +16,13 @@ from safetensors import SafetensorError
 from chex_model.config import ChexConfig
 
 CONFIG_FILE, WEIGHTS_FILE, CLIP_DIR, LM_DIR = "config.json", "model.safetensors", "clip", "lm"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Settings added after a format: what its checkpoints were trained and run with, filled in where the config lacks them
+# (format 2 added the reference's defaults for these, docs/fidelity.md)
+FORMAT_DEFAULTS: dict[int, dict[str, dict[str, object]]] = {
+    1: {"detector": {"projector_dropout": False, "feature_norm": "sum", "box_text_fusion": "prompt"},
+        "generator": {"pretrain_repeats": 1}, "loss": {"anatomy_cls": "per_positive"}},
+}
 _SAFETENSORS_MAGIC_MAX_HEADER = 100_000_000  # a real header is JSON of a few hundred kB at most
 
 
@@ -61,14 +67,24 @@ def read_config(src: Path) -> ChexConfig:
     if not isinstance(meta, dict) or "format" not in meta:
         raise CheckpointError(src, f"{CONFIG_FILE} has no format number (expected {{\"format\": {FORMAT_VERSION}, "
                                    "\"chex\": {...}})")
-    if meta["format"] != FORMAT_VERSION:
-        raise CheckpointError(src, f"checkpoint format {meta['format']!r} is not {FORMAT_VERSION}")
+    if meta["format"] != FORMAT_VERSION and meta["format"] not in FORMAT_DEFAULTS:
+        raise CheckpointError(src, f"checkpoint format {meta['format']!r} is not {FORMAT_VERSION} (or an earlier "
+                                   f"one: {', '.join(map(str, sorted(FORMAT_DEFAULTS)))})")
     if not isinstance(meta.get("chex"), dict):
         raise CheckpointError(src, f"the 'chex' section of {CONFIG_FILE} is {type(meta.get('chex')).__name__}, "
                                    "not a mapping")
     _check_weights_file(src)
     with load_errors(src, f"the 'chex' section of {CONFIG_FILE}"):
-        return ChexConfig.from_dict(meta["chex"])
+        return ChexConfig.from_dict(with_format_defaults(meta["chex"], meta["format"]))
+
+
+def with_format_defaults(chex: dict, fmt: int) -> dict:
+    """``chex`` with the settings of format ``fmt``'s era filled in where a section lacks them."""
+    out = dict(chex)
+    for section, values in FORMAT_DEFAULTS.get(fmt, {}).items():
+        if isinstance(out.get(section, {}), dict):
+            out[section] = {**values, **out.get(section, {})}
+    return out
 
 
 @contextmanager

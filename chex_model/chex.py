@@ -20,6 +20,7 @@ from transformers import (
 )
 from transformers.initialization import no_init_weights
 
+from chex_model import box_ops
 from chex_model.backbones import Backbones, load_backbones, random_backbones, train_tokenizers
 from chex_model.checkpoint import (
     CLIP_DIR,
@@ -193,14 +194,25 @@ class ChEX(nn.Module):
         self, feats: ImageFeatures, boxes: Tensor, mask: Tensor | None = None, prompts: Tensor | None = None,
         has_prompt: Tensor | None = None, post_decoder: bool = True,
     ) -> Tensor:
-        """ROI tokens ``(N, K, d)`` of given boxes ``(N, K, 4)`` (cx, cy, w, h): Gaussian ROI pooling, fused with a
-        prompt token where ``has_prompt``, then the post decoder (one token per box)."""
+        """ROI tokens ``(N, K, d)`` of given boxes ``(N, K, 4)`` (cx, cy, w, h): Gaussian ROI pooling, fused where
+        ``has_prompt`` with the prompt ``(N, K, d)`` (``detector.box_text_fusion``: its decoded query token, or its
+        embedding as given), then the post decoder (one token per box)."""
         if mask is None:
             mask = torch.ones(boxes.shape[:2], dtype=torch.bool, device=boxes.device)
+        if prompts is not None and has_prompt is not None and self.cfg.detector.box_text_fusion == "decoded":
+            prompts = self.decoded_query(feats, boxes, prompts, has_prompt)
         feat = self.detector.pool(feats.patches, boxes, prompts, has_prompt)
         if post_decoder:
             feat = self.post_decoder(feat[:, :, None], mask[..., None], feats.patches, feats.pos, feats.global_token)[:, :, 0]
         return feat
+
+    def decoded_query(self, feats: ImageFeatures, boxes: Tensor, prompts: Tensor, has_prompt: Tensor) -> Tensor:
+        """For each given box ``(N, K, 4)`` with a prompt: the decoded query token ``(N, K, d)`` of the prompt's own
+        detected box that overlaps the given box most (the token the skip connection would pair with that box)."""
+        det = self.detector(feats.patches, feats.pos, prompts, has_prompt)
+        given = box_ops.cxcywh_to_xyxy(boxes.float())[:, :, None]  # (N, K, 1, 4)
+        best = box_ops.paired_iou(given, box_ops.cxcywh_to_xyxy(det.boxes.float())).argmax(-1)  # (N, K)
+        return det.query_tokens.gather(2, best[..., None, None].expand(-1, -1, 1, det.query_tokens.shape[-1]))[:, :, 0]
 
     def classify(self, features: Tensor, positive: Tensor, negative: Tensor, temperature: float | None = None) -> Tensor:
         """``P(positive)`` = sigmoid((cos(f, pos) - cos(f, neg)) / T) for features ``(..., d)`` and ``(C, d)`` prompt pairs
@@ -234,10 +246,10 @@ class ChEX(nn.Module):
         """One sentence per ROI token ``(K, d)``."""
         return self.generator.generate(features, max_new_tokens, num_beams)
 
-    def forward(self, batch, region_encoding: str = "prompts", generate: bool = True) -> dict[str, Tensor]:
+    def forward(self, batch, region_encoding: str = "prompts", generate: bool = True, post_decoder: bool = True) -> dict[str, Tensor]:
         """Training: every loss term of a :class:`~chex_model.multitask.Batch` by name (so engines such as DeepSpeed,
         which wrap ``forward``, see the whole step)."""
-        out = multitask_losses(self, batch, region_encoding, generate)
+        out = multitask_losses(self, batch, region_encoding, generate, post_decoder)
         if torch.is_grad_enabled():
             # zero-valued, but it puts every trainable parameter into every rank's graph: data-parallel engines then
             # reduce the same gradients on all ranks even when a batch lacks some targets (or all of them)

@@ -72,6 +72,14 @@ class DetectorConfig:
     present_threshold: float = 0.5
     box_reference: bool = False  # box centres offset from an attention-weighted reference point (off = the reference)
     reference_shift: float = 0.15  # with box_reference: how far (image fraction) a centre may move from its reference
+    projector_dropout: bool = True  # dropout after the patch and output projectors (the reference's MLP default)
+    # ROI token = sum_m w_m f_m / norm: "max1" norm = max(1, sum w) (the reference), "sum" norm = sum w (ours: a
+    # convex mean, so the token's scale does not shrink when no box is confident)
+    feature_norm: str = "max1"
+    # box + text query: the given box's ROI feature is averaged with the "decoded" query token of the prompt's box
+    # that overlaps it most, as the skip connection pairs a box with its own query (the reference's intent), or with
+    # the raw "prompt" embedding
+    box_text_fusion: str = "decoded"
 
 
 @dataclass
@@ -91,6 +99,7 @@ class GeneratorConfig:
     max_length: int = 128
     max_sentences: int = 32  # at most this many ROI tokens get a language-model loss per call
     no_repeat_ngram: int = 0  # decoding: no n-gram of this size twice in one text (0 = off, as the reference)
+    pretrain_repeats: int = 4  # text pre-training: each sentence embedding fills R ~ U{1..this} prefix slots
 
 
 @dataclass
@@ -107,6 +116,9 @@ class LossConfig:
     pathology_temperature: float = 0.2
     anatomy_temperature: float = 0.25
     anatomy_negatives: int = 10
+    # "reference": per region -mean(positive logits) + logsumexp(positives and negatives), absent classes subsampled
+    # once per batch; "per_positive" (ours): each positive against the region's negatives, subsampled per region
+    anatomy_cls: str = "reference"
     sentence_temperature: float = 0.25
     global_temperature: float = 0.2
     classify_temperature: float = 1.0  # inference: sigmoid(cos(f,pos)/T - cos(f,neg)/T)
@@ -130,6 +142,13 @@ class ChexConfig:
     def __post_init__(self) -> None:
         if self.generator.prefix_mode not in ("mlp", "factorized"):
             raise ConfigError(f"generator.prefix_mode must be 'mlp' or 'factorized', got {self.generator.prefix_mode!r}")
+        for name, value, allowed in (("detector.feature_norm", self.detector.feature_norm, ("max1", "sum")),
+                                     ("detector.box_text_fusion", self.detector.box_text_fusion, ("decoded", "prompt")),
+                                     ("loss.anatomy_cls", self.loss.anatomy_cls, ("reference", "per_positive"))):
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}")
+        if self.generator.pretrain_repeats < 1:
+            raise ConfigError("generator.pretrain_repeats must be >= 1")
         if self.d_model % self.detector.n_heads or self.d_model % self.post_decoder.n_heads:
             raise ConfigError(f"d_model {self.d_model} must be divisible by the detector and post-decoder head counts")
         if self.detector.n_boxes < 1:

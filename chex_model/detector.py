@@ -26,6 +26,7 @@ class Detections:
     mask: Tensor  # (N, Q)
     reference_logits: Tensor | None = None  # (N, Q, M, h * w) query . patch logits behind the box centres (box_reference)
     detector_features: Tensor | None = None  # (N, Q, d) the ROI tokens before the post decoder refined ``features``
+    query_tokens: Tensor | None = None  # (N, Q, M, d) the decoded box queries (what the skip connection fuses)
 
 
 
@@ -46,9 +47,9 @@ class PromptDetector(nn.Module):
             for _ in range(cfg.n_layers)
         )
         self.box_head = nn.Sequential(nn.LayerNorm(d), mlp(d, d, 4, dropout))
-        self.patch_proj = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))
+        self.patch_proj = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.Dropout(dropout if cfg.projector_dropout else 0.0))
         self.skip_dropout = nn.Dropout(cfg.skip_roi_dropout)
-        self.out_proj = nn.Sequential(nn.LayerNorm(d), mlp(d, cfg.ff_mult * d, d, dropout))
+        self.out_proj = nn.Sequential(nn.LayerNorm(d), mlp(d, cfg.ff_mult * d, d, dropout, dropout_last=cfg.projector_dropout))
         self.score_head = mlp(d, d, 1, dropout)
         if cfg.box_reference:
             self.ref_query = nn.Linear(d, d)
@@ -82,7 +83,8 @@ class PromptDetector(nn.Module):
             feat = roi
         box_features = self.out_proj(feat).view(n, q, m, d)
         scores = torch.sigmoid(self.score_head(box_features)).squeeze(-1)
-        det = aggregate(boxes.view(n, q, m, 4), scores, box_features, mask, self.cfg.present_threshold)
+        det = aggregate(boxes.view(n, q, m, 4), scores, box_features, mask, self.cfg.present_threshold, self.cfg.feature_norm)
+        det.query_tokens = x.view(n, q, m, d)
         if logits is not None:
             det.reference_logits = logits.view(n, q, m, -1)
         return det
@@ -106,8 +108,9 @@ class PromptDetector(nn.Module):
     def pool(self, patches: Tensor, boxes: Tensor, prompts: Tensor | None = None, has_prompt: Tensor | None = None) -> Tensor:
         """ROI tokens ``(N, K, d)`` for given boxes ``(N, K, 4)``, bypassing the box queries.
 
-        Where ``has_prompt`` is true the pooled feature is fused with the prompt token exactly as the skip
-        connection fuses a detected box with its query token at inference (mean of the two).
+        Where ``has_prompt`` is true the pooled feature is fused with ``prompts`` (a decoded query token or a prompt
+        embedding, ``(N, K, d)``) exactly as the skip connection fuses a detected box with its query token at
+        inference (mean of the two).
         """
         roi = gaussian_roi_pool(self.patch_proj(patches), boxes, self.cfg.roi_beta)
         if prompts is not None and has_prompt is not None:
@@ -115,8 +118,11 @@ class PromptDetector(nn.Module):
         return self.out_proj(roi)
 
 
-def aggregate(boxes: Tensor, scores: Tensor, box_features: Tensor, mask: Tensor, threshold: float) -> Detections:
-    weights = scores / scores.sum(-1, keepdim=True).clamp(min=1e-6)
+def aggregate(boxes: Tensor, scores: Tensor, box_features: Tensor, mask: Tensor, threshold: float,
+              norm: str = "max1") -> Detections:
+    """One ROI token, score and enclosing box per prompt from its M boxes; ``norm`` "max1" divides the score-weighted
+    sum by max(1, sum of scores) (the reference), "sum" by the sum (a convex mean)."""
+    weights = scores / scores.sum(-1, keepdim=True).clamp(min=1.0 if norm == "max1" else 1e-6)
     features = (weights[..., None] * box_features).sum(-2)
     score = (weights * scores).sum(-1)
     present = scores > threshold

@@ -31,8 +31,10 @@ class PrefixEncoder(nn.Module):
             self.up_bias = nn.Parameter(torch.zeros(n_layer * 2, n_embd))
 
     def forward(self, features: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """``(B, d)``, or ``(B, R, d)``: R features per text, their prefixes one after the other (R x P tokens)."""
         b, p, lay, h = features.shape[0], self.cfg.prefix_length, self.n_layer, self.n_head
-        out = self.net(features)
+        p *= features.shape[1] if features.dim() == 3 else 1
+        out = self.net(features).reshape(b, -1)
         if self.cfg.prefix_mode == "mlp":
             kv = out.view(b, p, lay * 2, self.n_embd)
         else:
@@ -71,7 +73,8 @@ class SentenceGenerator(nn.Module):
         return out, mask
 
     def loss(self, features: Tensor, texts: Sequence[str]) -> Tensor:
-        """Mean next-token cross-entropy of each text given its ROI token; padding is never a target."""
+        """Mean next-token cross-entropy of each text given its ROI token ``(B, d)`` (or ``R`` tokens, ``(B, R, d)``);
+        padding is never a target."""
         if len(texts) != features.shape[0]:
             raise ValueError(f"{features.shape[0]} features but {len(texts)} target texts")
         if len(texts) > self.cfg.max_sentences:
@@ -79,7 +82,7 @@ class SentenceGenerator(nn.Module):
             features, texts = features[keep.to(features.device)], [texts[i] for i in keep.tolist()]
         ids, mask = (t.to(features.device) for t in self.encode_targets(texts))
         b, t = ids.shape
-        p = self.cfg.prefix_length
+        p = self.cfg.prefix_length * (features.shape[1] if features.dim() == 3 else 1)
         attn = torch.cat((mask.new_ones(b, p), mask), dim=1).long()
         pos = torch.arange(t, device=ids.device).expand(b, t)
         logits = self.lm(input_ids=ids, cache=self._cache(features), attention_mask=attn, position_ids=pos, use_cache=False).logits

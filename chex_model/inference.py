@@ -234,7 +234,9 @@ def report(model, image: ImageInput, prompt_set: PromptSet | str | Path = "repor
     token, so its sentence (if any) states the absence; one the model cannot call either way is left out;
     ``abnormal`` then holds the query's presence probability.
     Anatomy queries use the model's calibrated abnormality where it has one (fitted after training,
-    :mod:`pipelines.training.calibrate`), else the reference's positivity on the post-decoded token."""
+    :mod:`pipelines.training.calibrate`) and the prompt set allows it, else the reference's positivity on the
+    post-decoded token. A prompt set without ``pathology_negative`` and with ``calibrated: false`` (the packaged
+    ``reference`` set) is the reference's policy exactly."""
     ps = prompt_set if isinstance(prompt_set, PromptSet) else load_prompt_set(prompt_set)
     queries = ps.pathology + ps.anatomy
     kinds = ["pathology"] * len(ps.pathology) + ["anatomy"] * len(ps.anatomy)
@@ -250,7 +252,8 @@ def report(model, image: ImageInput, prompt_set: PromptSet | str | Path = "repor
             neg = model.encode_prompts(ps.positivity.negative).mean(0, keepdim=True)
             margin = paired_margin(det.detector_features[0, n_patho: len(queries)], pos.expand(len(ps.anatomy), -1),
                                    neg.expand(len(ps.anatomy), -1))
-            keys = [pair_key(q, positivity_key(ps.positivity.positive, ps.positivity.negative)) for q in ps.anatomy]
+            keys = [pair_key(q, positivity_key(ps.positivity.positive, ps.positivity.negative)) if ps.calibrated else ""
+                    for q in ps.anatomy]
             abnormal[n_patho:] = model.calibrated(margin, keys, model.classify(feat[n_patho:], pos, neg)[:, 0])
         told = [True] * n_patho
         if gated:

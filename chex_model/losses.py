@@ -3,6 +3,8 @@ grounding of the box queries' reference maps, pathology and anatomy InfoNCE agai
 sentence and global contrastive, MSE."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -38,19 +40,35 @@ def match_prompt_boxes(
     return torch.from_numpy(pred).to(dev), torch.from_numpy(tgt).to(dev), torch.from_numpy(first).to(dev)
 
 
+@dataclass
+class BoxLosses:
+    terms: dict[str, Tensor]  # "l1", "giou", "score"
+    assigned: Tensor  # (N, Q, M, 4) the target box each predicted box was matched to
+    assigned_mask: Tensor  # (N, Q, M) boxes that were matched
+
+    def per_box_targets(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(targets, target_mask, prompt_mask)`` with every box its own prompt (``Q * M`` prompts, one target
+        each): what :func:`grounding_loss` needs to pull each box query to its own matched target."""
+        n, q, m, _ = self.assigned.shape
+        mask = self.assigned_mask.reshape(n, q * m)
+        return self.assigned.reshape(n, q * m, 1, 4), mask[..., None], mask
+
+
 def detection_losses(
     boxes: Tensor, scores: Tensor, targets: Tensor, target_mask: Tensor, prompt_mask: Tensor, cfg: LossConfig,
-    cls_prob: Tensor | None = None,
-) -> dict[str, Tensor]:
+    cls_prob: Tensor | None = None, mean_per_prompt: Tensor | None = None,
+) -> BoxLosses:
     """Box L1 (summed over coordinates) and gIoU loss averaged over all matched (prediction, target) pairs of prompts
     with targets, and the focal loss of every box score (1 for first-copy matches, else 0; prompts without targets
     push all their scores to 0).
 
     Shapes: boxes ``(N, Q, M, 4)``, scores ``(N, Q, M)``, targets ``(N, Q, T, 4)`` with ``target_mask (N, Q, T)``,
-    ``prompt_mask (N, Q)`` marks supervised prompts.
+    ``prompt_mask (N, Q)`` marks supervised prompts. A prompt marked in ``mean_per_prompt (Q,)`` counts once, with
+    the mean over its pairs, instead of once per pair (the reference's weighting of multi-region anatomy prompts).
     """
     score_target = torch.zeros_like(scores)
-    pred_boxes, tgt_boxes = [], []
+    assigned, assigned_mask = torch.zeros_like(boxes).detach(), torch.zeros_like(scores, dtype=torch.bool)
+    pred_boxes, tgt_boxes, weights = [], [], []
     for n, q in prompt_mask.nonzero().tolist():
         tgt = targets[n, q][target_mask[n, q]]
         if len(tgt) == 0:
@@ -59,18 +77,23 @@ def detection_losses(
         pi, ti, first = match_prompt_boxes(boxes[n, q].detach(), scores[n, q].detach(), tgt, cfg, cp)
         pred_boxes.append(boxes[n, q][pi])
         tgt_boxes.append(tgt[ti])
+        once = mean_per_prompt is not None and bool(mean_per_prompt[q])
+        weights.append(torch.full((len(pi),), 1.0 / len(pi) if once else 1.0, device=boxes.device))
         score_target[n, q, pi[first]] = 1.0
+        assigned[n, q, pi], assigned_mask[n, q, pi] = tgt[ti].to(assigned), True
     sel = prompt_mask[..., None].expand_as(scores)
     out = {"score": focal_loss(scores[sel], score_target[sel], cfg.focal_gamma) if sel.any() else scores.sum() * 0}
     if pred_boxes:
         pb = torch.cat(pred_boxes)
         tb = torch.cat(tgt_boxes).to(pb.dtype)
-        out["l1"] = (pb - tb).abs().sum(-1).mean()
+        w = torch.cat(weights).to(pb.dtype)
+        w = w / w.sum()
+        out["l1"] = ((pb - tb).abs().sum(-1) * w).sum()
         giou = torch.diag(box_ops.generalized_box_iou(box_ops.cxcywh_to_xyxy(pb), box_ops.cxcywh_to_xyxy(tb)))
-        out["giou"] = (1 - giou).mean()
+        out["giou"] = ((1 - giou) * w).sum()
     else:
         out["l1"] = out["giou"] = boxes.sum() * 0
-    return out
+    return BoxLosses(out, assigned, assigned_mask)
 
 
 def cells_in_boxes(boxes: Tensor, grid_h: int, grid_w: int) -> Tensor:
@@ -145,6 +168,35 @@ def anatomy_infonce(
     if not used.any():
         return features.sum() * 0
     return per_pos[used].mean()
+
+
+def anatomy_infonce_reference(
+    features: Tensor, labels: Tensor, pos: Tensor, neg: Tensor, temperature: float, n_negatives: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The reference's multi-positive InfoNCE per region ROI token ``(R, d)`` over F findings, ``labels (R, F)`` in
+    {1, 0, -1}: per region, -mean(positive logits) + logsumexp(positive and negative logits), averaged over regions.
+
+    Positives: "X" of present findings, "No X" of absent findings in a subset of ``n_negatives`` classes drawn once
+    for the batch (without replacement, in proportion to each class's positives in the batch); negatives: "No X" of
+    present and "X" of those absent findings. A region left with no positive (nothing present, no sampled absent
+    class) is skipped: the reference's loss would be -inf there.
+    """
+    lp, ln = cosine_logits(features, pos, temperature), cosine_logits(features, neg, temperature)
+    present, absent = labels == 1, labels == 0
+    base = (labels >= 0).any(0)
+    if labels.shape[1] > n_negatives:
+        drawn = torch.multinomial(present.sum(0).float().cpu() + 1e-7, n_negatives, replacement=False, generator=generator)
+        base = base & torch.zeros_like(base).index_fill(0, drawn.to(base.device), True)
+    scores = torch.cat((lp, ln), dim=-1)
+    pos_mask = torch.cat((present, absent & base), dim=-1)
+    neg_mask = torch.cat((absent & base, present), dim=-1) | pos_mask
+    used = pos_mask.any(-1)
+    if not used.any():
+        return features.sum() * 0
+    pos_loss = -(scores * pos_mask).sum(-1) / pos_mask.sum(-1).clamp(min=1)
+    neg_loss = torch.logsumexp(scores.masked_fill(~neg_mask, float("-inf")), dim=-1)
+    return (pos_loss + neg_loss)[used].mean()
 
 
 def contrastive(a: Tensor, b: Tensor, temperature: float, same: Tensor | None = None, symmetric: bool = False) -> Tensor:

@@ -25,12 +25,13 @@ class PostDecoder(nn.Module):
         )
         self.norm = nn.LayerNorm(d)
         self.gate = nn.Parameter(torch.zeros(1))  # 1-d: DeepSpeed broadcasts parameters as byte views
+        self.token_drop = cfg.box_token_drop  # a training stage may set its own (the reference: 0.3, then 0.1)
 
     def forward(self, tokens: Tensor, mask: Tensor, patches: Tensor, pos: Tensor, global_token: Tensor) -> Tensor:
         n, q, t, d = tokens.shape
         valid = mask.clone()
-        if self.training and t > 1 and self.cfg.box_token_drop > 0:
-            dropped = torch.rand(n, q, t, device=tokens.device) < self.cfg.box_token_drop
+        if self.training and t > 1 and self.token_drop > 0:
+            dropped = torch.rand(n, q, t, device=tokens.device) < self.token_drop
             dropped[..., 0] = False
             valid &= ~dropped
         group = torch.arange(q, device=tokens.device).repeat_interleave(t).expand(n, -1)

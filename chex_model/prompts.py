@@ -1,6 +1,7 @@
 """Prompt strings for every class vocabulary (chex-reference.md §3) and the YAML prompt sets used for reports."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,35 @@ def anatomy_prompts() -> dict[str, str]:
     return {name: _sentence_case(name) for name in CIG_ANATOMY_29}
 
 
+@dataclass(frozen=True)
+class MultiRegion:
+    name: str
+    members: tuple[str, ...]  # region names whose boxes the prompt's boxes are matched to
+    prompts: tuple[str, ...]  # the first is the canonical query, the rest training synonyms
+
+
+@functools.cache
+def _anatomy_vocabulary() -> tuple[dict[str, tuple[str, ...]], tuple[MultiRegion, ...]]:
+    data = yaml.safe_load((PROMPT_SET_DIR / "anatomy.yaml").read_text())
+    regions = {name: tuple(prompts) for name, prompts in data["regions"].items()}
+    multi = tuple(MultiRegion(name, tuple(m["members"]), tuple(m["prompts"])) for name, m in data["multi_regions"].items())
+    if set(regions) != set(CIG_ANATOMY_29) or any(p[0] != anatomy_prompts()[n] for n, p in regions.items()):
+        raise ConfigError("anatomy.yaml must list every Chest ImaGenome region, its canonical prompt first")
+    if any(set(m.members) - set(regions) for m in multi):
+        raise ConfigError("anatomy.yaml: a multi-region member is not a Chest ImaGenome region")
+    return regions, multi
+
+
+def anatomy_synonyms() -> dict[str, tuple[str, ...]]:
+    """Region name -> its prompts, canonical first (the reference's training synonyms, ``cig_anat_synonym``)."""
+    return dict(_anatomy_vocabulary()[0])
+
+
+def multi_regions() -> tuple[MultiRegion, ...]:
+    """The multi-region prompts (both lungs, upper / middle / lower / apical zones) with their member regions."""
+    return _anatomy_vocabulary()[1]
+
+
 @dataclass
 class Positivity:
     positive: list[str] = field(default_factory=list)
@@ -107,6 +137,7 @@ class PromptSet:
     anatomy: list[str] = field(default_factory=list)
     positivity: Positivity = field(default_factory=Positivity)
     dedup: Dedup = field(default_factory=Dedup)
+    calibrated: bool = True  # use the model's presence calibration where it has one (False: the reference's rules)
 
 
 def load_prompt_set(name_or_path: str | Path = "report") -> PromptSet:

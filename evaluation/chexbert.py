@@ -93,21 +93,41 @@ class CheXbertLabeler:
         return out
 
 
+USAGE = 'labeler must be "rules" or "chexbert:<path to chexbert.pth>[,<bert-base-uncased folder>]"'
+
+
+def labeler_files(spec: str) -> tuple[Path, Path] | None:
+    """``None`` for "rules", else the (checkpoint, BERT folder) a "chexbert:<checkpoint>[,<bert dir>]" spec names
+    (the BERT folder defaults to "bert" next to the checkpoint). Raises ValueError for another spec."""
+    if spec is None or (isinstance(spec, str) and spec.strip() == "rules"):
+        return None
+    if not isinstance(spec, str) or not spec.strip().startswith("chexbert:"):
+        raise ValueError(f"{USAGE}; got {spec!r}")
+    checkpoint, _, bert_dir = spec.strip()[len("chexbert:"):].partition(",")
+    if not checkpoint.strip():
+        raise ValueError(f"{USAGE}; the checkpoint path is missing in {spec!r}")
+    ckpt = Path(checkpoint.strip()).expanduser()
+    return ckpt, Path(bert_dir.strip()).expanduser() if bert_dir.strip() else ckpt.parent / "bert"
+
+
+def check_labeler(spec: str) -> None:
+    """One line naming what a CheXbert labeler lacks (the checkpoint file, the bert-base-uncased folder), before any
+    work starts; nothing for the rule labeler."""
+    files = labeler_files(spec)
+    if files is None:
+        return
+    ckpt, bert = files
+    missing = ([f"the CheXbert checkpoint {ckpt} (chexbert.pth)"] if not ckpt.is_file() else []) + \
+              ([f"the BERT folder {bert} (bert-base-uncased: config + vocabulary)"] if not bert.is_dir() else [])
+    if missing:
+        raise FileNotFoundError(f"clinical-efficacy scoring with CheXbert needs {' and '.join(missing)}; see "
+                                f"docs/weights.md, or score with the rule labeler (labeler: rules)")
+
+
 def load_labeler(spec: str | None) -> Labeler:
     """`None` / "rules" -> RuleLabeler; "chexbert:<checkpoint>[,<bert dir>]" -> CheXbertLabeler (local files only)."""
-    usage = 'labeler must be "rules" or "chexbert:<path to chexbert.pth>[,<bert-base-uncased folder>]"'
-    if spec is None or (isinstance(spec, str) and spec.strip() == "rules"):
+    files = labeler_files(spec)
+    if files is None:
         return RuleLabeler()
-    if not isinstance(spec, str) or not spec.strip().startswith("chexbert:"):
-        raise ValueError(f"{usage}; got {spec!r}")
-    spec = spec.strip()
-    checkpoint, _, bert_dir = spec[len("chexbert:"):].partition(",")
-    if not checkpoint.strip():
-        raise ValueError(f"{usage}; the checkpoint path is missing in {spec!r}")
-    ckpt = Path(checkpoint.strip()).expanduser()
-    bert = Path(bert_dir.strip()).expanduser() if bert_dir.strip() else ckpt.parent / "bert"
-    if not ckpt.is_file():
-        raise ValueError(f"{usage}; checkpoint {str(ckpt)!r} is not a file")
-    if not bert.is_dir():
-        raise ValueError(f"{usage}; BERT folder {str(bert)!r} (config + vocabulary) is not a directory")
-    return CheXbertLabeler(ckpt, bert)
+    check_labeler(spec)
+    return CheXbertLabeler(*files)

@@ -73,3 +73,15 @@ class EvalConfig:
             raise ConfigError(f"labeler {self.labeler!r} is not 'rules' or 'chexbert:<checkpoint>[,<bert dir>]'")
         defaults = _default_postprocess()
         self.postprocess = {**defaults, **self.postprocess}
+        from chex_model.prompts import load_prompt_set
+
+        load_prompt_set(self.report_prompt_set)  # a ConfigError now, not after hours of training
+
+    def preflight(self) -> None:
+        """What the text tasks need before any work starts: Java for METEOR, the labeler's local files."""
+        if any(t.startswith(("re_", "rg_")) for t in self.tasks):
+            from evaluation.chexbert import check_labeler
+            from evaluation.meteor import require_java
+
+            require_java()
+            check_labeler(self.labeler)

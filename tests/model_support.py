@@ -32,6 +32,7 @@ NORMAL_TEXT = {
     "trachea": "The trachea is midline.",
 }
 FINDINGS = ("pleural effusion", "consolidation", "enlarged cardiac silhouette")
+MULTI_PROMPT = "Bilateral"  # the lungs: REGIONS[0] and REGIONS[1]
 
 
 def tiny_config():
@@ -77,7 +78,9 @@ def phantom_batch(seed: int = 3) -> Batch:
                                    torch.ones(n, dtype=torch.bool)),
         anatomy=AnatomyTargets([r.capitalize() for r in REGIONS], a_boxes, torch.ones(n, a, dtype=torch.bool), labels,
                                [prompts[f][0] for f in FINDINGS], [prompts[f][1] for f in FINDINGS],
-                               [[[t] if t else [] for t in row] for row in texts]),
+                               [[[t] if t else [] for t in row] for row in texts],
+                               # both lungs, a multi-region prompt matched to its two member boxes
+                               [MULTI_PROMPT], a_boxes[:, None, :2].clone(), torch.ones(n, 1, 2, dtype=torch.bool)),
         sentences=[[t for t in row if t][:3] for row in texts],
         findings=_finding_targets(),
     )

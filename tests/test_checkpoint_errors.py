@@ -47,7 +47,7 @@ def _pickle_weights(folder: Path) -> None:
 
 BREAKS: dict[str, tuple[Callable[[Path], None], str]] = {
     "config not JSON": (lambda f: (f / "config.json").write_text("{not json"), "config.json is not JSON"),
-    "wrong format number": (lambda f: _write_config(f, {**_config(f), "format": 99}), "format 99 is not 1"),
+    "wrong format number": (lambda f: _write_config(f, {**_config(f), "format": 99}), "format 99 is not 2"),
     "empty config": (lambda f: _write_config(f, {}), "no format number"),
     "config a list": (lambda f: _write_config(f, [1, 2]), "no format number"),
     "null section": (lambda f: _write_config(f, {**_config(f), "chex": None}), "'chex' section"),

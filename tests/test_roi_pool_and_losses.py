@@ -62,7 +62,7 @@ def test_detection_losses_on_a_perfect_and_an_absent_prompt() -> None:
     targets = torch.zeros(1, 2, 2, 4)
     targets[0, 0, 0] = target
     tmask = torch.tensor([[[True, False], [False, False]]])
-    out = losses.detection_losses(boxes, scores, targets, tmask, torch.ones(1, 2, dtype=torch.bool), cfg)
+    out = losses.detection_losses(boxes, scores, targets, tmask, torch.ones(1, 2, dtype=torch.bool), cfg).terms
     # all three boxes of prompt 0 match the one target: L1 = mean of (0, 0.04, 0.04)
     assert out["l1"].item() == pytest.approx(0.08 / 3, abs=1e-6)
     # score targets: only box 0 of prompt 0 is a first-copy match

@@ -18,22 +18,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="oracle = ground truth (the metrics' ceiling), random = chance level")
     p.add_argument("--max-images", type=positive, default=None, help="at most this many images per task and split")
     p.add_argument("--no-search", action="store_true", help="keep the configured post-processing (no validation search)")
+    p.add_argument("--report-policy", default=None, metavar="SET",
+                   help="report prompt set for rg_mimic: 'report' (ours), 'reference' (the paper's) or a YAML file")
+    p.add_argument("--labeler", default=None, help="'rules' or 'chexbert:<chexbert.pth>[,<bert-base-uncased folder>]'")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <model>/../evaluation or runs/evaluate)")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: the training workdir's, else <out>/mlflow.db)")
     p.set_defaults(run=run_evaluate)
 
 
-def _check_text_scoring(labeler: str) -> None:
-    """Text tasks need Java (METEOR) and, for CheXbert labels, the checkpoint and BERT folder."""
-    from evaluation.meteor import require_java
-
-    require_java()
-    if labeler.startswith("chexbert:"):
-        parts = labeler.removeprefix("chexbert:").split(",")
-        checkpoint = Path(parts[0])
-        bert = Path(parts[1]) if len(parts) > 1 and parts[1] else checkpoint.parent / "bert"
-        if not checkpoint.is_file() or not bert.is_dir():
-            raise UsageError(f"labeler {labeler}: needs the checkpoint file {checkpoint} and the BERT folder {bert}")
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
@@ -44,7 +36,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
     cfg = load_config(EvalConfig, existing(args.config, "--config") if args.config else None)
     overrides = {"tasks": args.tasks.split(",") if args.tasks else None, "split": args.split, "predictor": args.predictor,
-                 "max_images": args.max_images}
+                 "max_images": args.max_images, "report_prompt_set": args.report_policy, "labeler": args.labeler}
     cfg = EvalConfig(**{**cfg.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
     if args.no_search:
         cfg.search = False
@@ -54,8 +46,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
         model_folder(args.model)
     if not (args.data / TABLES).is_dir():
         raise UsageError(f"--data {args.data} has no tables/ folder: give the ingest output folder")
-    if any(t.startswith(("re_", "rg_")) for t in cfg.tasks):
-        _check_text_scoring(cfg.labeler)
+    cfg.preflight()
     out = args.out or (args.model.resolve().parent / "evaluation" if args.model else Path("runs/evaluate") / cfg.predictor)
     payload = run_evaluation(args.data, cfg, out, args.model, args.tracking_uri)
     print((Path(out) / TABLE).read_text())

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from chex_model.multitask import AnatomyTargets, Batch, PathologyTargets
-from chex_model.prompts import anatomy_prompts, cig_finding_prompts, vindr_prompts
+from chex_model.prompts import anatomy_synonyms, cig_finding_prompts, multi_regions, vindr_prompts
 from pipelines.training.data import FINDINGS, PATHOLOGIES, REGIONS
 from pipelines.training.finding_text import finding_targets
 
@@ -31,9 +31,40 @@ def subsample(present: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarr
     return np.sort(np.concatenate([drawn, fill]).astype(int))
 
 
+def _region_prompt(prompts: tuple[str, ...], rng: np.random.Generator, synonyms: bool) -> str:
+    return str(prompts[rng.integers(len(prompts))]) if synonyms else prompts[0]
+
+
+def _anatomy(batch: dict[str, np.ndarray], texts: list[dict], rng: np.random.Generator, regions: int, synonyms: bool,
+             multi: bool) -> AnatomyTargets | None:
+    """``regions`` single regions drawn as the reference subsamples them, each prompted by one random synonym
+    (``synonyms``) or its canonical prompt; with ``multi`` every multi-region prompt whose members occur in the
+    batch, targets = its members' boxes."""
+    present = batch["anat_present"]
+    if not present.any():
+        return None
+    keep = subsample(present.any(0), regions, rng)
+    vocabulary, findings = anatomy_synonyms(), cig_finding_prompts()
+    out = AnatomyTargets(
+        [_region_prompt(vocabulary[REGIONS[i]], rng, synonyms) for i in keep], torch.from_numpy(batch["anat_boxes"][:, keep]),
+        torch.from_numpy(present[:, keep]), torch.from_numpy(batch["anat_labels"][:, keep].astype(np.int64)),
+        [findings[f][0] for f in FINDINGS], [findings[f][1] for f in FINDINGS],
+        [[t["phrases"][i] for i in keep] for t in texts],
+    )
+    groups = [(m, [REGIONS.index(r) for r in m.members]) for m in (multi_regions() if multi else ())]
+    groups = [(m, idx) for m, idx in groups if present[:, idx].any()]
+    if groups:
+        out.multi_prompts = [_region_prompt(m.prompts, rng, synonyms) for m, _ in groups]
+        out.multi_boxes = torch.from_numpy(np.stack([batch["anat_boxes"][:, idx] for _, idx in groups], axis=1))
+        out.multi_mask = torch.from_numpy(np.stack([present[:, idx] for _, idx in groups], axis=1))
+    return out
+
+
 def collate(batch: dict[str, np.ndarray], rng: np.random.Generator, pathology_classes: int, anatomy_regions: int,
-            max_sentences: int) -> Batch:
-    """Numpy batch from the Ray Data shard -> multitask :class:`Batch` with per-target presence masks."""
+            max_sentences: int, synonyms: bool = False, multi: bool = False, findings: bool = True) -> Batch:
+    """Numpy batch from the Ray Data shard -> multitask :class:`Batch` with per-target presence masks.
+    ``max_sentences`` 0 keeps every report sentence; ``findings`` False leaves out the ``patho_gen`` targets (a
+    stage that does not weigh them does not compute them)."""
     images = torch.from_numpy(np.ascontiguousarray(batch["image"], dtype=np.float32))[:, None]
     texts = [json.loads(t) for t in batch["texts"]]
     out = Batch(images=images)
@@ -47,18 +78,10 @@ def collate(batch: dict[str, np.ndarray], rng: np.random.Generator, pathology_cl
             torch.from_numpy(labels[:, keep].astype(np.int64)), torch.from_numpy(batch["patho_boxes"][:, keep]),
             torch.from_numpy(batch["patho_box_mask"][:, keep]), has_boxes,
         )
-    present = batch["anat_present"]
-    if present.any():
-        keep = subsample(present.any(0), anatomy_regions, rng)
-        names, findings = anatomy_prompts(), cig_finding_prompts()
-        out.anatomy = AnatomyTargets(
-            [names[REGIONS[i]] for i in keep], torch.from_numpy(batch["anat_boxes"][:, keep]),
-            torch.from_numpy(present[:, keep]), torch.from_numpy(batch["anat_labels"][:, keep].astype(np.int64)),
-            [findings[f][0] for f in FINDINGS], [findings[f][1] for f in FINDINGS],
-            [[t["phrases"][i] for i in keep] for t in texts],
-        )
-    sentences = [t["sentences"][:max_sentences] for t in texts]
+    out.anatomy = _anatomy(batch, texts, rng, anatomy_regions, synonyms, multi)
+    sentences = [t["sentences"][:max_sentences] if max_sentences else t["sentences"] for t in texts]
     if any(sentences):
         out.sentences = sentences
-    out.findings = finding_targets([t["sentences"] for t in texts], rng)
+    if findings:
+        out.findings = finding_targets([t["sentences"] for t in texts], rng)
     return out

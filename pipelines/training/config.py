@@ -28,7 +28,9 @@ class DataConfig:
     frontal_only: bool = True  # MIMIC-CXR PA / AP views only, as the reference trains (its datasets are tagged frontal)
     pathology_classes: int = 10  # class queries kept per step (reference subsample 10)
     anatomy_regions: int = 20  # anatomy queries kept per step (reference subsample 20)
-    max_sentences: int = 8  # report sentences per image used as prompts per step
+    max_sentences: int = 0  # report sentences per image used as prompts per step (0 = all, as the reference)
+    anatomy_synonyms: bool = True  # one random synonym per region and step ("Right hilum" for "Right hilar structures")
+    multi_regions: bool = True  # train the multi-region prompts ("Bilateral", "Lung bases") on their member boxes
     val_max_images: int = 64  # at most this many val images per validation pass
     seed: int = 42
     cache_rows: bool = False  # keep the read rows (compressed) in the object store across epochs; for data that fits
@@ -56,6 +58,10 @@ class StageConfig:
     region_encoding: str = "prompts"
     box_query_prob: float = 0.0  # chance a batch's anatomy ROI tokens come from its target boxes (box queries)
     generate: bool = False  # compute language-model losses
+    # anatomy and sentence ROI tokens through the post decoder; None = once it trains (this stage or an earlier one),
+    # as the reference, whose stage 1 has no post decoder
+    post_decoder: bool | None = None
+    box_token_drop: float | None = None  # post decoder box-token drop in this stage; None = the model config's
     val_every: int = 50
     select_metric: str = "val/loss"  # checkpoint selection: the best of this metric
     select_mode: str = "min"
@@ -116,6 +122,13 @@ class TrainConfig:
                 raise ConfigError(f"stage {s.name}: sources must be a non-empty subset of ['mimic_cxr', 'vindr_cxr']")
             if s.region_encoding not in REGION_ENCODINGS:
                 raise ConfigError(f"stage {s.name}: region_encoding must be one of {list(REGION_ENCODINGS)}")
+        seen = False
+        for s in stages:
+            seen = seen or "post_decoder" in s.trains
+            if s.post_decoder is None:
+                s.post_decoder = seen
+            if s.box_token_drop is not None and not 0.0 <= s.box_token_drop < 1.0:
+                raise ConfigError(f"stage {s.name}: box_token_drop must be in [0, 1)")
         if len({s.name for s in stages}) != len(stages):
             raise ConfigError("stage names must be unique")
         return stages

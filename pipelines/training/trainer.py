@@ -20,7 +20,7 @@ from chex_model.image_encoder import normalize
 from chex_model.multitask import Batch
 from pipelines.tracking import Tracking, flatten, log_dataset
 from pipelines.training.collate import collate
-from pipelines.training.config import StageConfig, TrainConfig
+from pipelines.training.config import DataConfig, StageConfig, TrainConfig
 from pipelines.training.engines import DdpEngine, DeepSpeedEngine
 
 MODEL_DIR = "model"
@@ -78,6 +78,22 @@ def weighted_loss(losses: dict[str, torch.Tensor], weights: dict[str, float]) ->
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
+ANATOMY_BOX_TERMS = ("anat_box_l1", "anat_box_giou", "anat_box_score", "anat_ground")
+
+
+def stage_batch(nb: dict[str, np.ndarray], rng: np.random.Generator, data: DataConfig, stage: StageConfig, train: bool) -> Batch:
+    """The stage's multitask batch: classes and regions subsampled and region synonyms drawn in training (validation
+    keeps all, canonical prompts); multi-region prompts only where anatomy boxes are weighed, ``patho_gen`` targets
+    only where that term is (the reference's later stages run no multi-region prompts)."""
+    w = stage.loss_weights
+    multi = data.multi_regions and any(w.get(k) for k in ANATOMY_BOX_TERMS)
+    findings = bool(w.get("patho_gen"))
+    if train:
+        return collate(nb, rng, data.pathology_classes, data.anatomy_regions, data.max_sentences, data.anatomy_synonyms,
+                       multi, findings)
+    return collate(nb, rng, 10**6, 10**6, data.max_sentences, False, multi, findings)
+
+
 def _batch_to(batch: Batch, device: torch.device, dtype: torch.dtype) -> Batch:
     """Images in the engine's dtype; every target tensor on the device (strings and nested lists stay)."""
     batch.images = batch.images.to(device, dtype)
@@ -101,9 +117,9 @@ def validate(model: ChEX, val_iter, cfg: TrainConfig, stage: StageConfig, device
     iou_sum, iou_n, seen = 0.0, 0, 0
     rng = np.random.default_rng(0)
     for nb in val_iter:
-        batch = _batch_to(collate(nb, rng, 10**6, 10**6, cfg.data.max_sentences), device, dtype)
+        batch = _batch_to(stage_batch(nb, rng, cfg.data, stage, train=False), device, dtype)
         losses = model(batch, region_encoding="text" if stage.region_encoding == "text" else "prompts",
-                       generate=stage.generate)
+                       generate=stage.generate, post_decoder=bool(stage.post_decoder))
         losses["loss"] = weighted_loss(losses, stage.loss_weights)
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + float(v)
@@ -160,6 +176,8 @@ class Trainer:
         self.device = torch.device(f"cuda:{ctx.get_local_rank()}" if use_gpu else "cpu")
         torch.manual_seed(self.cfg.data.seed)
         self.model = ChEX.from_pretrained(loop.init_model, device=self.device)
+        if self.stage.box_token_drop is not None:
+            self.model.post_decoder.token_drop = self.stage.box_token_drop
         set_trainable(self.model, self.stage.trains)
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.stage.lr, weight_decay=self.stage.weight_decay)
@@ -250,11 +268,10 @@ class Trainer:
         cfg, stage, step = self.cfg, self.stage, self.state["step"]
         rng = np.random.default_rng([cfg.data.seed, step, self.rank, i])
         torch.manual_seed(cfg.data.seed * 1_000_003 + step * 101 + self.rank * 7 + i)
-        batch = _batch_to(collate(nb, rng, cfg.data.pathology_classes, cfg.data.anatomy_regions, cfg.data.max_sentences),
-                          self.device, self.dtype)
+        batch = _batch_to(stage_batch(nb, rng, cfg.data, stage, train=True), self.device, self.dtype)
         # one coin per step, the same on every rank and micro batch (the reference flips it per step)
         encoding = region_encoding_for(stage, np.random.default_rng([cfg.data.seed, step]))
-        losses = self.engine(batch, region_encoding=encoding, generate=stage.generate)
+        losses = self.engine(batch, region_encoding=encoding, generate=stage.generate, post_decoder=bool(stage.post_decoder))
         loss = weighted_loss(losses, stage.loss_weights)
         for k, v in (("loss", loss), *((f"train/{k}", v) for k, v in losses.items() if k != ANCHOR)):
             self.sums[k] = self.sums.get(k, 0.0) + v.item()

@@ -79,6 +79,16 @@ class Pipeline:
             stages.append(TrainStage(s.name))
         return stages + [EvaluateStage(), RegisterStage()]
 
+    def resolved(self) -> dict[str, Any]:
+        """Every setting the run uses: the configs as loaded, the model preset's full config and each training
+        stage with its defaults filled in (logged to MLflow as ``resolved_config.json``)."""
+        from chex_model.config import preset
+
+        train = asdict(self.train_cfg)
+        train["stages"] = [asdict(s) for s in self.train_cfg.stage_configs()]
+        return {"pipeline": asdict(self.cfg), "ingest": asdict(self.ingest_cfg), "train": train,
+                "model": preset(self.train_cfg.model_preset).to_dict(), "evaluate": asdict(self.eval_cfg)}
+
     @property
     def stage_names(self) -> list[str]:
         return [s.name for s in self.stages]
@@ -112,14 +122,14 @@ class Pipeline:
         for s in (from_stage, only):
             if s is not None and s not in names:
                 raise ConfigError(f"unknown stage {s!r}; this pipeline has {names}")
+        if "evaluate" in (self.stage_names[: names.index(only) + 1] if only else names):
+            self.eval_cfg.preflight()  # e.g. the CheXbert files: one line now, not after the training stages
         self.workdir.mkdir(parents=True, exist_ok=True)
         forced = set(names[names.index(from_stage):]) if from_stage else set()
         init_ray(address)
         exp = Tracking(self.cfg.tracking(), self.cfg.experiment).activate()  # nested stage runs land in it too
         with mlflow.start_run(experiment_id=exp, run_name="pipeline", tags=code_tags()) as parent:
-            (self.workdir / "resolved_config.json").write_text(json.dumps(
-                {"pipeline": asdict(self.cfg), "ingest": asdict(self.ingest_cfg), "train": asdict(self.train_cfg),
-                 "evaluate": asdict(self.eval_cfg)}, indent=2, default=str))
+            (self.workdir / "resolved_config.json").write_text(json.dumps(self.resolved(), indent=2, default=str))
             mlflow.log_artifact(str(self.workdir / "resolved_config.json"))
             mlflow.log_params(flatten({"pipeline": asdict(self.cfg)}))
             ctx = Context(self, {}, parent.info.run_id, address)
