@@ -92,7 +92,7 @@ def run_workload(preset_name: str, workload: str, repeats: int) -> list[dict]:
         def step() -> None:
             feats = model.encode_image(normalize(images, model.cfg.image))
             det = model.detect(feats, model.encode_prompts(ANATOMY), post_decoder=False)
-            out = losses.detection_losses(det.boxes, det.box_scores, targets, tmask, tmask[..., 0], model.cfg.loss)
+            out = losses.detection_losses(det.boxes, det.box_scores, targets, tmask, tmask[..., 0], model.cfg.loss).terms
             opt.zero_grad(set_to_none=True)
             (5 * out["l1"] + 2 * out["giou"] + out["score"]).backward()
             opt.step()

@@ -116,6 +116,9 @@ class LossConfig:
     pathology_temperature: float = 0.2
     anatomy_temperature: float = 0.25
     anatomy_negatives: int = 10
+    # a multi-region prompt's box loss (the mean over its matched pairs) counts as this many terms beside each single
+    # region's M box terms (reference: 1)
+    multi_region_weight: float = 1.0
     # "reference": per region -mean(positive logits) + logsumexp(positives and negatives), absent classes subsampled
     # once per batch; "per_positive" (ours): each positive against the region's negatives, subsampled per region
     anatomy_cls: str = "reference"

@@ -63,8 +63,9 @@ def detection_losses(
     push all their scores to 0).
 
     Shapes: boxes ``(N, Q, M, 4)``, scores ``(N, Q, M)``, targets ``(N, Q, T, 4)`` with ``target_mask (N, Q, T)``,
-    ``prompt_mask (N, Q)`` marks supervised prompts. A prompt marked in ``mean_per_prompt (Q,)`` counts once, with
-    the mean over its pairs, instead of once per pair (the reference's weighting of multi-region anatomy prompts).
+    ``prompt_mask (N, Q)`` marks supervised prompts. A prompt marked in ``mean_per_prompt (Q,)`` counts as
+    ``cfg.multi_region_weight`` terms (the reference: once), with the mean over its pairs, instead of once per pair
+    (the reference's weighting of multi-region anatomy prompts).
     """
     score_target = torch.zeros_like(scores)
     assigned, assigned_mask = torch.zeros_like(boxes).detach(), torch.zeros_like(scores, dtype=torch.bool)
@@ -78,7 +79,7 @@ def detection_losses(
         pred_boxes.append(boxes[n, q][pi])
         tgt_boxes.append(tgt[ti])
         once = mean_per_prompt is not None and bool(mean_per_prompt[q])
-        weights.append(torch.full((len(pi),), 1.0 / len(pi) if once else 1.0, device=boxes.device))
+        weights.append(torch.full((len(pi),), cfg.multi_region_weight / len(pi) if once else 1.0, device=boxes.device))
         score_target[n, q, pi[first]] = 1.0
         assigned[n, q, pi], assigned_mask[n, q, pi] = tgt[ti].to(assigned), True
     sel = prompt_mask[..., None].expand_as(scores)

@@ -246,7 +246,8 @@ class Evaluation:
         with self.phase("score"):
             scorer = tx.TextScorer(texts, samples, self.labeler, self.meteor, split_abnormal)
             metrics = self._boot(scorer, scorer.n_groups, text=True)
-        res = TaskResult(name, source, self.cfg.split, len(samples.targets), metrics, {"labeler": self.labeler.name},
+        settings = {"labeler": self.labeler.name} | ({"report_policy": self.cfg.report_prompt_set} if name == "rg_mimic" else {})
+        res = TaskResult(name, source, self.cfg.split, len(samples.targets), metrics, settings,
                          images=len(set(samples.row.tolist())))
         if self.out is not None:
             with self.phase("figures"):

@@ -105,3 +105,13 @@ def test_the_paper_pipeline_without_chexbert_stops_with_one_line(monkeypatch, ca
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert "pretrained/chexbert/chexbert.pth" in err and "pretrained/bert-base-uncased" in err
+
+
+def test_report_policy_switch_names_a_prompt_set(tmp_path, capsys) -> None:
+    from evaluation.config import EvalConfig
+    from pipelines.cli import main
+
+    assert EvalConfig(report_prompt_set="reference").report_prompt_set == "reference"
+    assert main(["evaluate", "--predictor", "oracle", "--data", str(tmp_path), "--report-policy", "ours-typo"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot read prompt set" in err and "ours-typo" in err

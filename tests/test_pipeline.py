@@ -70,6 +70,10 @@ def test_pipeline_runs_skips_reruns_what_changed_and_survives_a_failure(tmp_path
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
     assert {r.info.run_name for r in children} >= {"synth", "ingest", "detection", "register"}
     assert any(r.info.run_name.startswith("evaluate") for r in children)
+    logged = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=parents[0].info.run_id, artifact_path="resolved_config.json", tracking_uri=uri)).read_text())
+    assert logged["model"]["preset"] == "tiny" and "feature_norm" in logged["model"]["detector"]  # the full model config
+    assert logged["train"]["stages"][0]["post_decoder"] is False  # stage settings with their defaults resolved
     ingest = next(r for r in children if r.info.run_name == "ingest")
     manifest = json.loads((tmp_path / "work" / "ingested" / "manifest.json").read_text())
     assert {i.dataset.name: i.dataset.digest for i in ingest.inputs.dataset_inputs}["vindr_cxr/test"] == \
