@@ -66,9 +66,11 @@ def test_anatomy_infonce_has_the_reference_form(n_negatives: int) -> None:
     assert got.item() == pytest.approx(want, rel=1e-5)
 
 
-def test_anatomy_box_loss_weighs_each_multi_region_prompt_once() -> None:
+@pytest.mark.parametrize("weight", [1.0, 10.0])
+def test_anatomy_box_loss_weighs_each_multi_region_prompt_once(weight: float) -> None:
     """Single regions: every one of the M boxes regresses to the region's box (a term per box); a multi-region prompt:
-    balanced optimal matching to its member boxes, its pairs' mean counting as one term (chex-reference §2.6)."""
+    balanced optimal matching to its member boxes, its pairs' mean counting as one term (chex-reference §2.6), or as
+    ``multi_region_weight`` terms."""
     g = torch.Generator().manual_seed(1)
     n, a, m = 2, 2, 3
     boxes = torch.rand(n, a + 1, m, 4, generator=g) * 0.5 + 0.25
@@ -80,7 +82,7 @@ def test_anatomy_box_loss_weighs_each_multi_region_prompt_once() -> None:
                             multi_prompts=["both"], multi_boxes=members, multi_mask=member_mask)
     targets, mask, multi = anatomy_box_targets(t)
     assert multi.tolist() == [False, False, True]
-    cfg = LossConfig()
+    cfg = LossConfig(multi_region_weight=weight)
     got = losses.detection_losses(boxes, scores, targets, mask, torch.ones(n, a + 1, dtype=torch.bool), cfg,
                                   mean_per_prompt=multi).terms
 
@@ -104,9 +106,9 @@ def test_anatomy_box_loss_weighs_each_multi_region_prompt_once() -> None:
         best = min((sum(cost(boxes[i, a, k], tg[j], scores[i, a, k]) for k, j in enumerate(choice)), choice)
                    for choice in itertools.product(range(len(tg)), repeat=m) if set(choice) == set(range(len(tg))))[1]
         pairs = [l1_giou(boxes[i, a, k], tg[j]) for k, j in enumerate(best)]
-        l1_sum += sum(p[0] for p in pairs) / m
-        giou_sum += sum(p[1] for p in pairs) / m
-        count += 1
+        l1_sum += weight * sum(p[0] for p in pairs) / m
+        giou_sum += weight * sum(p[1] for p in pairs) / m
+        count += weight
     assert got["l1"].item() == pytest.approx(l1_sum / count, rel=1e-5)
     assert got["giou"].item() == pytest.approx(giou_sum / count, rel=1e-5)
 
