@@ -96,7 +96,7 @@ def print_model(model, rows: list[dict]) -> None:
     for group in multi_regions():
         have = [r for r in rows if set(group.members) <= {b["name"] for b in r["region_boxes"]}]
         extra = {"lungs": ("Bilateral",), "lower lung zones": ("Lung bases",)}.get(group.name, ())
-        for prompt in (group.prompts[0], *extra):
+        for prompt in dict.fromkeys((group.prompts[0], *extra)):
             s = score_prompt(model, have, prompt, group.members)
             print(f"| {prompt} | {' + '.join(group.members)} | {len(have)} | {s['member_iou']:.2f} | {100 * s['both']:.0f}% "
                   f"| {100 * s['on_member']:.0f}% |")
@@ -122,12 +122,16 @@ def main() -> None:
         parser.error("give --model or --probe")
     torch.set_num_threads(2)
     rows = mimic_rows(args.tables, args.split, args.max_images)
+    if not rows:
+        parser.error(f"no MIMIC-CXR {args.split} frontal rows with Chest ImaGenome boxes under {args.tables}")
     print(f"{describe_cpu()}; MIMIC-CXR {args.split} frontal images with Chest ImaGenome boxes")
     if args.model is not None:
         print(f"model {args.model}")
         print_model(ChEX.from_pretrained(args.model).eval(), rows)
         return
     train = mimic_rows(args.tables, "train")
+    if len(train) < 8:
+        parser.error(f"--probe needs at least 8 MIMIC-CXR train rows with Chest ImaGenome boxes under {args.tables}")
     print("| multi_region_weight | prompt | images | member IoU | both found | boxes on a member |\n| --- | --- | --- | --- | --- | --- |")
     for weight in (float(w) for w in args.probe.split(",")):
         model = probe(train, weight, args.steps)
