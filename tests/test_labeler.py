@@ -128,9 +128,12 @@ def test_report_aggregates_sentences(labeler, text, expected):
 def test_load_labeler_specs(tmp_path):
     assert isinstance(load_labeler(None), RuleLabeler)
     assert isinstance(load_labeler("rules"), RuleLabeler)
-    for bad in ("bogus", "chexbert:", f"chexbert:{tmp_path / 'missing.pth'}", "chexbert"):
+    for bad in ("bogus", "chexbert:", "chexbert"):
         with pytest.raises(ValueError, match="labeler must be"):
             load_labeler(bad)
+    # missing files: one message naming both, before anything is loaded
+    with pytest.raises(FileNotFoundError, match=r"missing\.pth \(chexbert\.pth\) and the BERT folder .*bert \(bert-base"):
+        load_labeler(f"chexbert:{tmp_path / 'missing.pth'}")
 
 
 # ---- clinical-efficacy F1 ----------------------------------------------------------------------------------------
