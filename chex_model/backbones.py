@@ -21,8 +21,11 @@ from transformers import (
 )
 
 from chex_model.config import ChexConfig, ClipGeometry, Gpt2Geometry
+from chex_model.conv_branch import ConvBranch
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+# beside a CLIP folder of our pre-training: the conv branch of a preset that has one, trained with the ViT
+CONV_BRANCH_FILE = "conv_branch.safetensors"
 
 
 @dataclass
@@ -101,18 +104,43 @@ def load_backbones(clip_dir: Path, lm_dir: Path) -> Backbones:
     )
 
 
-def save_backbones(b: Backbones, clip_dir: Path, lm_dir: Path) -> None:
-    """Write backbones as ordinary Hugging Face folders (a ``CLIPModel`` and a ``GPT2LMHeadModel``)."""
+def load_conv_branch(clip_dir: Path, widths: list[int], d: int) -> ConvBranch | None:
+    """The conv branch saved beside a CLIP folder, or None when it has none; one line when it does not fit."""
+    from safetensors.torch import load_model
+
+    path = Path(clip_dir) / CONV_BRANCH_FILE
+    if not path.is_file():
+        return None
+    conv = ConvBranch(widths, d)
+    try:
+        load_model(conv, str(path))
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"{path}: the conv branch does not fit image.conv_widths {widths} and d_model {d}") from exc
+    return conv
+
+
+def save_clip(vision: CLIPVisionModelWithProjection, text: CLIPTextModelWithProjection, tokenizer: PreTrainedTokenizerBase,
+              clip_dir: Path, logit_scale: float | None = None) -> None:
+    """The two towers (and the tokenizer) as one ``CLIPModel`` folder, with ``logit_scale`` when given."""
+    import torch
     from transformers import CLIPModel
 
-    cc = CLIPConfig(text_config=b.text.config.to_dict(), vision_config=b.vision.config.to_dict(),
-                    projection_dim=b.vision.config.projection_dim)
+    cc = CLIPConfig(text_config=text.config.to_dict(), vision_config=vision.config.to_dict(),
+                    projection_dim=vision.config.projection_dim)
     clip = CLIPModel(cc)
-    clip.vision_model.load_state_dict(b.vision.vision_model.state_dict())
-    clip.visual_projection.load_state_dict(b.vision.visual_projection.state_dict())
-    clip.text_model.load_state_dict(b.text.text_model.state_dict())
-    clip.text_projection.load_state_dict(b.text.text_projection.state_dict())
+    clip.vision_model.load_state_dict(vision.vision_model.state_dict())
+    clip.visual_projection.load_state_dict(vision.visual_projection.state_dict())
+    clip.text_model.load_state_dict(text.text_model.state_dict())
+    clip.text_projection.load_state_dict(text.text_projection.state_dict())
+    if logit_scale is not None:
+        with torch.no_grad():
+            clip.logit_scale.fill_(logit_scale)
     clip.save_pretrained(clip_dir)
-    b.clip_tokenizer.save_pretrained(clip_dir)
+    tokenizer.save_pretrained(clip_dir)
+
+
+def save_backbones(b: Backbones, clip_dir: Path, lm_dir: Path) -> None:
+    """Write backbones as ordinary Hugging Face folders (a ``CLIPModel`` and a ``GPT2LMHeadModel``)."""
+    save_clip(b.vision, b.text, b.clip_tokenizer, clip_dir)
     b.lm.save_pretrained(lm_dir)
     b.lm_tokenizer.save_pretrained(lm_dir)

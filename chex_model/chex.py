@@ -21,7 +21,7 @@ from transformers import (
 from transformers.initialization import no_init_weights
 
 from chex_model import box_ops
-from chex_model.backbones import Backbones, load_backbones, random_backbones, train_tokenizers
+from chex_model.backbones import Backbones, load_backbones, load_conv_branch, random_backbones, train_tokenizers
 from chex_model.checkpoint import (
     CLIP_DIR,
     CONFIG_FILE,
@@ -104,7 +104,11 @@ class ChEX(nn.Module):
         if (clip_dir is None) != (lm_dir is None):
             raise ValueError("give both clip_dir and lm_dir, or neither")
         if clip_dir is not None and lm_dir is not None:
-            return cls(cfg, load_backbones(clip_dir, lm_dir))
+            model = cls(cfg, load_backbones(clip_dir, lm_dir))
+            conv = load_conv_branch(clip_dir, cfg.image.conv_widths, cfg.d_model) if cfg.image.conv_widths else None
+            if conv is not None:  # pre-trained with the ViT (chex_model/pretraining.py)
+                model.image_encoder.conv.load_state_dict(conv.state_dict())
+            return model
         if corpus is None:
             from chex_model.corpus import default_corpus
 

@@ -45,13 +45,37 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     return cls(**kwargs)
 
 
+BASE_KEY = "base"  # a YAML file may name another (path relative to it) and give only what differs
+
+
 def load_config(cls: type[T], path: Path | None) -> T:
-    """The dataclass defaults, overlaid with the YAML file when one is given."""
+    """The dataclass defaults, overlaid with the YAML file when one is given (and with its ``base`` chain)."""
     if path is None:
         return cls()
+    return from_dict(cls, read_yaml(Path(path)))
+
+
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML mapping with its ``base:`` file merged under it: mappings merge key by key, lists of named entries
+    (training stages) entry by entry by ``name``, anything else is replaced."""
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    return from_dict(cls, data)
+    if not isinstance(data, dict) or BASE_KEY not in data:
+        return data
+    base = (path.parent / str(data.pop(BASE_KEY))).resolve()
+    if base in seen or base == path.resolve():
+        raise ConfigError(f"{path}: base {base} includes itself")
+    return merge(read_yaml(base, (*seen, path.resolve())), data)
 
+
+def merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: merge(base[k], v) if k in base else v for k, v in over.items()}}
+    named = lambda items: isinstance(items, list) and all(isinstance(i, dict) and "name" in i for i in items)  # noqa: E731
+    if named(base) and named(over):
+        by_name = {i["name"]: i for i in over}
+        kept = [merge(i, by_name.pop(i["name"])) if i["name"] in by_name else i for i in base]
+        return kept + list(by_name.values())
+    return over

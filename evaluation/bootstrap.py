@@ -15,7 +15,9 @@ SEED = 2147483647  # the reference's torch Generator seed
 def resample_counts(n: int, resamples: int, seed: int = SEED) -> np.ndarray:
     """(resamples, n) counts of each sample in each bootstrap resample of size n."""
     rng = np.random.default_rng(seed)
-    return np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)]) if n else np.zeros((resamples, 0), int)
+    if not n or not resamples:  # no samples, or no bootstrap wanted (a point estimate during training)
+        return np.zeros((resamples, n), int)
+    return np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)])
 
 
 def indices(counts: np.ndarray) -> np.ndarray:

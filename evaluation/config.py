@@ -10,7 +10,9 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "all": ALL_TASKS, "od": ALL_TASKS[:3], "sg": ("sg_mscxr",), "rc": ("rc_mscxr", "rc_cig"), "re": ("re_mscxr", "re_cig"),
     "rg": ("rg_mimic",),
 }
-PREDICTORS = ("model", "oracle", "random")
+PREDICTORS = ("model", "oracle", "random", "shuffled")
+MODEL_PREDICTORS = ("model", "shuffled")  # the predictors that run the model
+BASELINES = ("random", "oracle", "shuffled")
 
 
 @dataclass
@@ -45,7 +47,9 @@ class EvalConfig:
     split: str = "test"
     val_split: str = "val"  # the post-processing search runs here; skipped (defaults kept) when it is empty
     search: bool = True
-    predictor: str = "model"  # model | oracle (ground truth: the ceiling) | random (chance)
+    # model | oracle (ground truth: the ceiling) | random (chance) | shuffled (the model's answer for another image)
+    predictor: str = "model"
+    baselines: list[str] = field(default_factory=list)  # scored beside a model run, on the same tasks: random, oracle, shuffled
     max_images: int = 0  # per task and split; 0 = all
     batch_size: int = 16
     max_new_tokens: int = 128
@@ -69,6 +73,10 @@ class EvalConfig:
         self.tasks = tasks
         if self.predictor not in PREDICTORS:
             raise ConfigError(f"predictor {self.predictor!r} is not one of {', '.join(PREDICTORS)}")
+        for b in self.baselines:
+            if b not in BASELINES:
+                raise ConfigError(f"baseline {b!r} is not one of {', '.join(BASELINES)}")
+        self.baselines = list(dict.fromkeys(self.baselines))
         if self.labeler != "rules" and not self.labeler.startswith("chexbert:"):
             raise ConfigError(f"labeler {self.labeler!r} is not 'rules' or 'chexbert:<checkpoint>[,<bert dir>]'")
         defaults = _default_postprocess()
@@ -76,6 +84,11 @@ class EvalConfig:
         from chex_model.prompts import load_prompt_set
 
         load_prompt_set(self.report_prompt_set)  # a ConfigError now, not after hours of training
+
+    @property
+    def runs_model(self) -> bool:
+        """Whether the predictor needs the model runner (and so the validation search)."""
+        return self.predictor in MODEL_PREDICTORS
 
     def preflight(self) -> None:
         """What the text tasks need before any work starts: Java for METEOR, the labeler's local files."""

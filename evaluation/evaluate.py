@@ -1,13 +1,14 @@
-"""Scoring one model (or the oracle / chance baselines) on the nine tasks: load the split, predict, search the
-post-processing on the validation split where the reference does, score on the evaluation split with bootstrap
-standard deviations, and draw the figures."""
+"""Scoring one model (or the oracle / chance / shuffled-image baselines) on the nine tasks: load the split, predict,
+search the post-processing on the validation split where the reference does, score on the evaluation split with
+bootstrap standard deviations, and draw the figures."""
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from preprocessing.box_geometry import cxcywh_to_xyxy
 from preprocessing.image_io import decode_png
 
 log = logging.getLogger(__name__)
+SHUFFLE_SEED = 0  # fixed, so every run and every task pairs the same images
 SOURCES = {"od_vindr": "vindr_cxr", "od_nih": "nih_cxr", "od_mscxr": "ms_cxr", "sg_mscxr": "ms_cxr", "rc_mscxr": "ms_cxr",
            "rc_cig": "mimic_cxr", "re_mscxr": "ms_cxr", "re_cig": "mimic_cxr", "rg_mimic": "mimic_cxr"}
 
@@ -48,17 +50,49 @@ class TaskResult:
         return asdict(self)
 
 
+def derangement(groups: Sequence[str], seed: int = SHUFFLE_SEED) -> np.ndarray:
+    """``perm[i]``: the row whose image row ``i`` is shown instead of its own. A permutation without fixed points (two
+    rows or more) that pairs no two images of one group (patient) while no group holds more than half the rows: a
+    patient's other view would flatter the baseline. Groups in a seeded random order, each group's rows together,
+    and every row takes the image ``s`` places on, ``s`` = the largest group's size."""
+    n = len(groups)
+    if n < 2:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    sizes = Counter(groups)
+    rank = dict(zip(sorted(sizes), rng.permutation(len(sizes)).tolist()))
+    tie = rng.permutation(n)
+    order = sorted(range(n), key=lambda i: (rank[groups[i]], tie[i]))
+    shift = min(max(sizes.values()), n - 1)
+    perm = np.empty(n, dtype=int)
+    perm[order] = np.roll(order, -shift)
+    return perm
+
+
+def image_groups(rows: Sequence[Row]) -> list[str]:
+    """The patient of each row (its sample where the source names no patient)."""
+    return [str(r.get("patient_id") or r["sample_id"]) for r in rows]
+
+
 class Evaluation:
     """One evaluation: the data folder, the settings, and the model runner (None for the oracle / random baselines)."""
 
     def __init__(self, tables: Path, cfg: EvalConfig, runner=None, out: Path | None = None, labeler=None) -> None:
-        if cfg.predictor == "model" and runner is None:
-            raise ValueError("the model predictor needs a model")
+        if cfg.runs_model and runner is None:
+            raise ValueError(f"the {cfg.predictor} predictor needs a model")
         self.tables, self.cfg, self.runner, self.out = Path(tables), cfg, runner, out
         self._labeler = labeler
         self._meteor = None
         self._rows: dict[tuple[str, str, bool], list[Row]] = {}
         self._timings: dict[str, float] = {}
+        self._notes: list[str] = []
+
+    def for_predictor(self, predictor: str) -> "Evaluation":
+        """The same evaluation (tasks, split, settings) for a baseline predictor, without figures; it shares the loaded
+        rows, the labeler and the model rather than loading them again."""
+        other = Evaluation(self.tables, replace(self.cfg, predictor=predictor, baselines=[]), self.runner, None, self._labeler)
+        other._rows = self._rows
+        return other
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -92,7 +126,21 @@ class Evaluation:
         return self._meteor
 
     def _pick(self, model: Callable, oracle: Callable, chance: Callable):
-        return {"model": model, "oracle": oracle, "random": chance}[self.cfg.predictor]()
+        return {"model": model, "shuffled": model, "oracle": oracle, "random": chance}[self.cfg.predictor]()
+
+    def seen(self, rows: list[Row]) -> list[Row]:
+        """The rows as the model sees them: as they are, or (shuffled) each with another row's image and its own
+        boxes, prompts and truth, so the score says how much of the model's answer the image actually drives."""
+        if self.cfg.predictor != "shuffled":
+            return rows
+        if len(rows) < 2:
+            self._notes.append("shuffled: a single image, so it was shown its own image")
+            return rows
+        groups = image_groups(rows)
+        perm = derangement(groups)
+        if same := sum(groups[i] == groups[j] for i, j in enumerate(perm)):
+            self._notes.append(f"shuffled: {same} of {len(rows)} rows were shown another image of their own patient")
+        return [{**r, "image_png": rows[j]["image_png"]} for r, j in zip(rows, perm)]
 
     def _figure_path(self, task: str, name: str) -> Path | None:
         return None if self.out is None else self.out / "figures" / f"{task}_{name}.png"
@@ -111,8 +159,9 @@ class Evaluation:
         results = {}
         for task in tasks:
             start = time.perf_counter()
-            self._timings = {}
+            self._timings, self._notes = {}, []
             res = getattr(self, f"_{task}")(task) if not task.startswith("od_") else self._od(task)
+            res.note = "; ".join(dict.fromkeys(n for n in (res.note, *self._notes) if n))
             res.seconds = round(time.perf_counter() - start, 2)
             res.timings = {k: round(v, 2) for k, v in self._timings.items()}
             log.info("%s: %d samples, %.1f s", task, res.n, res.seconds)
@@ -126,7 +175,7 @@ class Evaluation:
 
     # ---- detection and grounding ---------------------------------------------------------------------------
     def _od_raw(self, rows: list[Row], task: od.DetectionTask, true) -> od.RawDetections:
-        return self._pick(lambda: od.predict(self.runner, rows, task), lambda: od.oracle(true, len(task.classes)),
+        return self._pick(lambda: od.predict(self.runner, self.seen(rows), task), lambda: od.oracle(true, len(task.classes)),
                           lambda: od.chance(len(rows), len(task.classes)))
 
     def _od(self, name: str) -> TaskResult:
@@ -135,7 +184,7 @@ class Evaluation:
         if not rows:
             return self._empty(name, cfg.split)
         pp, settings = cfg.postprocess[name], {}
-        if cfg.search and cfg.predictor == "model":
+        if cfg.search and cfg.runs_model:
             val = od.scored_rows(self.rows(task.source, cfg.val_split), task)
             vtrue = od.truth(val, task)
             if any(vtrue):
@@ -170,7 +219,7 @@ class Evaluation:
             res.figures.append(str(example_picture(decode_png(rows[i]["image_png"]), pred, gt, self._figure_path(name, f"example{i}"))))
 
     def _sg_raw(self, rows: list[Row], phrases: list[sg.Phrase]) -> od.RawDetections:
-        return self._pick(lambda: sg.predict(self.runner, rows, phrases), lambda: sg.oracle(phrases), lambda: sg.chance(phrases))
+        return self._pick(lambda: sg.predict(self.runner, self.seen(rows), phrases), lambda: sg.oracle(phrases), lambda: sg.chance(phrases))
 
     def _sg_mscxr(self, name: str) -> TaskResult:
         cfg = self.cfg
@@ -179,7 +228,7 @@ class Evaluation:
         if not phrases:
             return self._empty(name, cfg.split)
         pp, settings = cfg.postprocess[name], {}
-        if cfg.search and cfg.predictor == "model":
+        if cfg.search and cfg.runs_model:
             val = self.rows("ms_cxr", cfg.val_split)
             vphrases = sg.truth(val)
             if vphrases:
@@ -214,7 +263,7 @@ class Evaluation:
             return self._empty(name, self.cfg.split)
         c = len(rc.MS_CXR_8)
         with self.phase("predict"):
-            probs = self._pick(lambda: rc.mscxr_predict(self.runner, rows, true), lambda: rc.multiclass_oracle(true.label, c),
+            probs = self._pick(lambda: rc.mscxr_predict(self.runner, self.seen(rows), true), lambda: rc.multiclass_oracle(true.label, c),
                                lambda: rc.random_probs((len(true.label), c)))
         with self.phase("score"):
             metrics = self._boot(lambda w: rc.mscxr_metrics(probs, true.label, w), len(true.label))
@@ -227,7 +276,7 @@ class Evaluation:
             return self._empty(name, self.cfg.split)
         true = rc.cig_truth(rows)
         with self.phase("predict"):
-            probs = self._pick(lambda: rc.cig_predict(self.runner, rows, true), lambda: true.targets.astype(float),
+            probs = self._pick(lambda: rc.cig_predict(self.runner, self.seen(rows), true), lambda: true.targets.astype(float),
                                lambda: rc.random_probs(true.targets.shape))
         with self.phase("score"):
             metrics = self._boot(lambda w: rc.cig_metrics(probs, true, w), len(rows))
@@ -269,12 +318,12 @@ class Evaluation:
     def _re_mscxr(self, name: str) -> TaskResult:
         rows = self.rows("ms_cxr", self.cfg.split)
         samples = tx.mscxr_truth(rows)
-        return self._text(name, rows, samples, lambda: tx.describe(self.runner, rows, samples, "MS-CXR boxes"))
+        return self._text(name, rows, samples, lambda: tx.describe(self.runner, self.seen(rows), samples, "MS-CXR boxes"))
 
     def _re_cig(self, name: str) -> TaskResult:
         rows = self.rows("mimic_cxr", self.cfg.split, frontal=True)
         samples = tx.cig_truth(rows)
-        return self._text(name, rows, samples, lambda: tx.describe(self.runner, rows, samples, "anatomy regions"), split_abnormal=True)
+        return self._text(name, rows, samples, lambda: tx.describe(self.runner, self.seen(rows), samples, "anatomy regions"), split_abnormal=True)
 
     def _rg_mimic(self, name: str) -> TaskResult:
         from chex_model.prompts import load_prompt_set
@@ -285,7 +334,7 @@ class Evaluation:
         grounded: dict[int, list] = {}
 
         def generate() -> list[str]:
-            reports = self.runner.reports([rows[i] for i in samples.row], prompt_set)
+            reports = self.runner.reports(self.seen([rows[i] for i in samples.row]), prompt_set)
             for k, rep in enumerate(reports):
                 grounded[k] = [(s.query, cxcywh_to_xyxy(np.asarray(s.box)) if s.finding else None, s.sentence) for s in rep.sentences]
                 if rep.undetermined:

@@ -1,4 +1,4 @@
-"""The results as a markdown table laid out like the paper's Table 2 (one column: this model), in %."""
+"""The results as a markdown table laid out like the paper's Table 2 (one column: this model; one more per baseline), in %."""
 from __future__ import annotations
 
 from typing import Any
@@ -27,13 +27,21 @@ def cell(stat: dict[str, float] | None) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}" if std == std else f"{100 * mean:.1f}"
 
 
-def markdown(results: dict[str, Any], column: str = "ChEX (ours)") -> str:
-    """Rows in the paper's task order; ``n`` = evaluated samples (images, phrases, boxes or regions)."""
-    lines = [f"| Task | Dataset | Metric | n | {column} |", "| --- | --- | --- | --- | --- |"]
+def markdown(results: dict[str, Any], column: str = "ChEX (ours)", baselines: dict[str, dict[str, Any]] | None = None) -> str:
+    """Rows in the paper's task order; ``n`` = evaluated samples (images, phrases, boxes or regions). ``baselines``
+    (predictor -> its results, shaped like ``results``) adds a column per baseline beside the model's."""
+    baselines = baselines or {}
+    extra = "".join(f" {name} |" for name in baselines)
+    lines = [f"| Task | Dataset | Metric | n | {column} |{extra}", "| --- | --- | --- | --- | --- |" + " --- |" * len(baselines)]
     for task, (title, dataset, keys) in HEADLINE.items():
         if task not in results:
             continue
         r = results[task]
         for key in keys:
-            lines.append(f"| {title} | {dataset} | {NAMES.get(key, key)} | {r['n']} | {cell(r['metrics'].get(key))} |")
-    return "\n".join(lines) + "\n\nValues in %, bootstrap mean ± std over resamples (250 for boxes and classes, 10 for text).\n"
+            others = "".join(f" {cell(b.get(task, {}).get('metrics', {}).get(key))} |" for b in baselines.values())
+            lines.append(f"| {title} | {dataset} | {NAMES.get(key, key)} | {r['n']} | {cell(r['metrics'].get(key))} |{others}")
+    note = "\n\nValues in %, bootstrap mean ± std over resamples (250 for boxes and classes, 10 for text).\n"
+    if baselines:
+        note += ("Baselines: random = chance-level predictions, oracle = the ground truth (the ceiling on this data), "
+                 "shuffled = this model shown another image of the split (another patient's where possible).\n")
+    return "\n".join(lines) + note

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import re
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -13,8 +13,8 @@ from evaluation.config import EvalConfig
 from evaluation.evaluate import SOURCES, Evaluation, TaskResult
 from evaluation.table import markdown
 from pipelines.digests import file_sha256
-from pipelines.tracking import STORE, Tracking, code_tags, dataset_inputs, default_uri, flatten, log_dataset
-from pipelines.training.stages import EXPORT_TAG
+from pipelines.tracking import STORE, Tracking, code_tags, dataset_inputs, default_uri, flatten, log_dataset, metric_key
+from pipelines.training.fit import EXPORT_TAG
 
 log = logging.getLogger(__name__)
 RESULTS, TABLE = "results.json", "table.md"
@@ -31,11 +31,6 @@ def default_tracking_uri(model_dir: Path | None, out: Path) -> str:
     return default_uri(out)
 
 
-def metric_key(task: str, name: str) -> str:
-    """MLflow metric names allow letters, digits, ``_-./ :`` only (``AP@0.5`` -> ``AP_at_0.5``)."""
-    return re.sub(r"[^\w\-./ :]", "_", f"{task}/{name.replace('@', '_at_')}")
-
-
 def _training_run(client, model_dir: Path) -> str | None:
     runs = client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
@@ -44,17 +39,44 @@ def _training_run(client, model_dir: Path) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def _log_metrics(prefix: str = "") -> Callable[[TaskResult], None]:
+    """A task's metrics as ``<prefix><task>/<metric>`` (plus ``/mean``, ``/std``) in the active run, as soon as it is scored."""
+    import mlflow
+
+    def on_result(res: TaskResult) -> None:
+        task, metrics = prefix + res.task, {}
+        for key, stat in res.metrics.items():
+            for part, value in stat.items():  # value (full set), mean and std over the bootstrap resamples
+                if value == value:
+                    metrics[metric_key(task, key) + ("" if part == "value" else f"/{part}")] = value
+        mlflow.log_metrics(metrics)
+        mlflow.log_metric(metric_key(task, "seconds"), res.seconds)
+
+    return on_result
+
+
+def _baselines(evaluation: Evaluation) -> dict[str, dict[str, Any]]:
+    """Each configured baseline on the model's tasks and split through the same scoring, so the model's numbers read
+    against chance (random), the ceiling (oracle) and what it answers without looking at the image (shuffled)."""
+    out = {}
+    for predictor in evaluation.cfg.baselines:
+        log.info("baseline %s on %s", predictor, ", ".join(evaluation.cfg.tasks))
+        results = evaluation.for_predictor(predictor).run(on_result=_log_metrics(f"baseline/{predictor}/"))
+        out[predictor] = {k: r.to_dict() for k, r in results.items()}
+    return out
+
+
 def run_evaluation(tables: Path, cfg: EvalConfig, out: Path, model_dir: Path | None = None, tracking_uri: str | None = None,
                    experiment: str = EXPERIMENT, parent_run_id: str | None = None, show_progress: bool = True) -> dict[str, Any]:
-    """Evaluate and log; returns the results dict that is also written to ``out/results.json``."""
+    """Evaluate (and, for a model, its baselines) and log; returns the results dict also written to ``out/results.json``."""
     import mlflow
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     runner = None
-    if cfg.predictor == "model":
+    if cfg.runs_model:
         if model_dir is None:
-            raise ValueError("the model predictor needs --model")
+            raise ValueError(f"the {cfg.predictor} predictor needs --model")
         from chex_model.chex import ChEX
         from evaluation.runner import ModelRunner
 
@@ -73,28 +95,20 @@ def run_evaluation(tables: Path, cfg: EvalConfig, out: Path, model_dir: Path | N
     name = f"evaluate-{cfg.predictor}" + (f"-{Path(model_dir).resolve().parent.name}" if model_dir is not None else "")
     with mlflow.start_run(run_name=name, tags=tags, nested=parent_run_id is not None) as run:
         mlflow.log_params(flatten({"eval": asdict(cfg)}))
-        searched = {t for t in cfg.tasks if cfg.search and cfg.predictor == "model" and t.startswith(("od_", "sg_"))}
+        searched = {t for t in cfg.tasks if cfg.search and cfg.runs_model and t.startswith(("od_", "sg_"))}
         used = sorted({f"{SOURCES[t]}/{cfg.split}" for t in cfg.tasks} | {f"{SOURCES[t]}/{cfg.val_split}" for t in searched})
         for spec in dataset_inputs(Path(tables), used, "evaluation"):
             log_dataset(spec)
-
-        def on_result(res: TaskResult) -> None:
-            metrics = {}
-            for key, stat in res.metrics.items():
-                for part, value in stat.items():  # value (full set), mean and std over the bootstrap resamples
-                    if value == value:
-                        metrics[metric_key(res.task, key) + ("" if part == "value" else f"/{part}")] = value
-            mlflow.log_metrics(metrics)
-            mlflow.log_metric(metric_key(res.task, "seconds"), res.seconds)
-
         evaluation = Evaluation(Path(tables), cfg, runner, out)
         log.info("evaluating %s on %s", model_dir or cfg.predictor, ", ".join(cfg.tasks))
-        results = evaluation.run(on_result=on_result)
+        results = evaluation.run(on_result=_log_metrics())
+        baselines = _baselines(evaluation) if cfg.predictor == "model" else {}
         payload = {"model": str(Path(model_dir).resolve()) if model_dir else None, "predictor": cfg.predictor,
                    "split": cfg.split, "mlflow_run_id": run.info.run_id, "tracking_uri": uri,
-                   "tasks": {k: r.to_dict() for k, r in results.items()}}
+                   "tasks": {k: r.to_dict() for k, r in results.items()}, "baselines": baselines}
         (out / RESULTS).write_text(json.dumps(payload, indent=2, default=float) + "\n")
-        (out / TABLE).write_text(markdown(payload["tasks"], column=f"ChEX ({cfg.predictor})" if cfg.predictor != "model" else "ChEX (ours)"))
+        column = f"ChEX ({cfg.predictor})" if cfg.predictor != "model" else "ChEX (ours)"
+        (out / TABLE).write_text(markdown(payload["tasks"], column, baselines))
         mlflow.log_artifact(str(out / RESULTS), artifact_path="evaluation")
         mlflow.log_artifact(str(out / TABLE), artifact_path="evaluation")
         if (out / "figures").is_dir():

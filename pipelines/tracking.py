@@ -6,6 +6,8 @@ record lineage in a run: flattened params, code tags, and ingest datasets as MLf
 """
 from __future__ import annotations
 
+import re
+
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,3 +105,8 @@ def log_dataset(spec: dict[str, Any]) -> None:
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
         ds = mlflow.data.from_pandas(frame, source=spec["path"], name=spec["name"], digest=spec["digest"][:16])
         mlflow.log_input(ds, context=spec["context"], tags={"sha256": spec["digest"], "rows": str(spec["rows"])})
+
+
+def metric_key(task: str, name: str) -> str:
+    """MLflow metric names allow letters, digits, ``_-./ :`` only (``AP@0.5`` -> ``AP_at_0.5``)."""
+    return re.sub(r"[^\w\-./ :]", "_", f"{task}/{name.replace('@', '_at_')}")

@@ -145,3 +145,34 @@ def test_shipped_training_and_sweep_configs_load():
     paper = load_train_config(REPO / "configs/train/paper.yaml")
     assert paper.batch_size == 256 and paper.accumulation() == 1 and paper.use_gpu
     assert load_sweep_config(REPO / "configs/tune/demo.yaml").space["lr"].kind == "loguniform"
+
+
+def test_a_config_builds_on_its_base_key_by_key_and_stage_by_name(tmp_path):
+    from chex_model.typed_config import ConfigError
+    from pipelines.training.config import load_train_config
+
+    base = load_train_config(REPO / "configs/train/demo.yaml")
+    quality = load_train_config(REPO / "configs/train/quality.yaml")
+    by_name = {s.name: s for s in base.stage_configs()}
+    for s in quality.stage_configs():
+        assert s.lr == by_name[s.name].lr and s.loss_weights == by_name[s.name].loss_weights  # kept from the base
+        assert s.steps > by_name[s.name].steps  # the override
+    assert [s.name for s in quality.stage_configs()] == list(by_name)
+    assert quality.pretrain.clip.micro_batch == base.pretrain.clip.micro_batch
+    assert quality.pretrain.clip.steps != base.pretrain.clip.steps or quality.pretrain.lm.steps != base.pretrain.lm.steps
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nworkers: 1\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_train_config(tmp_path / "a.yaml")
+
+
+def test_one_pretrained_backbone_without_the_other_is_one_clear_error(tmp_path):
+    from chex_model.typed_config import ConfigError
+    from pipelines.training.config import load_train_config
+
+    (tmp_path / "t.yaml").write_text(f"base: {REPO / 'configs/train/demo.yaml'}\npretrain: {{lm: {{enabled: false}}}}\n")
+    with pytest.raises(ConfigError, match="GPT-2 backbone is neither pre-trained nor given"):
+        load_train_config(tmp_path / "t.yaml")
+    (tmp_path / "t.yaml").write_text(f"base: {REPO / 'configs/train/demo.yaml'}\npretrain: {{lm: {{enabled: false}}}}\n"
+                                     "lm_dir: pretrained/gpt2\n")
+    assert load_train_config(tmp_path / "t.yaml").pretrained_backbones() == {"clip": True, "lm": False}

@@ -18,6 +18,8 @@ def write_configs(tmp: Path, lr: float = 1e-3, metric: str = "od_vindr/mAP", swe
     train = yaml.safe_load((REPO / "configs/train/demo.yaml").read_text())
     train.update(workers=1, batch_size=4, micro_batch=4, engine="ddp", deepspeed="")
     train["stages"] = [{**train["stages"][0], "steps": 2, "val_every": 2, "warmup_steps": 1, "lr": lr}]
+    for kind in ("clip", "lm"):  # both backbones pre-trained by the pipeline, briefly
+        train["pretrain"][kind].update(steps=2, val_every=2, warmup_steps=1, batch_size=4, micro_batch=4)
     (tmp / "train.yaml").write_text(yaml.safe_dump(train))
     (tmp / "evaluate.yaml").write_text(yaml.safe_dump({"tasks": ["od_vindr", "rc_cig"], "bootstrap": {"boxes": 5, "text": 2},
                                                         "examples": 1, "max_new_tokens": 4}))
@@ -44,14 +46,20 @@ def test_pipeline_runs_skips_reruns_what_changed_and_survives_a_failure(tmp_path
     config = write_configs(tmp_path)
     assert main(["pipeline", "run", "--config", str(config)]) == 0
     first = stages_of(capsys.readouterr().out)
-    assert list(first) == ["synth", "ingest", "train:detection", "evaluate", "register"]
+    assert list(first) == ["synth", "ingest", "clip_pretrain", "lm_pretrain", "train:detection", "evaluate", "register"]
     assert set(first.values()) == {"ran"}
     state = json.loads((tmp_path / "work" / "pipeline_state.json").read_text())
+    backbones = {k: state[f"{k}_pretrain"]["outputs"]["weights_sha256"] for k in ("clip", "lm")}
+    assert state["train:detection"]["inputs"]["init"] == backbones  # stage 1 starts from the pre-trained backbones
+    for k, digest in backbones.items():
+        folder = Path(state[f"{k}_pretrain"]["outputs"]["model_dir"])
+        assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == digest
     trained = state["train:detection"]["outputs"]
     calibration = Path(trained["model_dir"]) / "presence_calibration.json"  # fitted after the detector trained
     assert len(json.loads(calibration.read_text())) == 29
     assert trained["calibration_sha256"] == hashlib.sha256(calibration.read_bytes()).hexdigest()
     assert state["evaluate"]["inputs"]["calibration"] == trained["calibration_sha256"]
+    assert Path(state["evaluate"]["outputs"]["showcase_file"]).is_file()  # the test images' reports, printed above
 
     assert main(["pipeline", "run", "--config", str(config)]) == 0
     assert set(stages_of(capsys.readouterr().out).values()) == {"skipped (unchanged)"}
@@ -59,8 +67,8 @@ def test_pipeline_runs_skips_reruns_what_changed_and_survives_a_failure(tmp_path
     write_configs(tmp_path, lr=5e-4)  # only the training config changes
     assert main(["pipeline", "run", "--config", str(config)]) == 0
     third = stages_of(capsys.readouterr().out)
-    assert third == {"synth": "skipped (unchanged)", "ingest": "skipped (unchanged)", "train:detection": "ran",
-                     "evaluate": "ran", "register": "ran"}
+    assert third == {"synth": "skipped (unchanged)", "ingest": "skipped (unchanged)", "clip_pretrain": "skipped (unchanged)",
+                     "lm_pretrain": "skipped (unchanged)", "train:detection": "ran", "evaluate": "ran", "register": "ran"}
 
     uri = f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
@@ -68,7 +76,11 @@ def test_pipeline_runs_skips_reruns_what_changed_and_survives_a_failure(tmp_path
     parents = client.search_runs([exp.experiment_id], "tags.mlflow.runName = 'pipeline'", order_by=["attributes.start_time ASC"])
     assert len(parents) == 3
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
-    assert {r.info.run_name for r in children} >= {"synth", "ingest", "detection", "register"}
+    assert {r.info.run_name for r in children} >= {"synth", "ingest", "clip_pretrain", "lm_pretrain", "detection", "register"}
+    from pipelines.lineage import model_lineage
+
+    chain = model_lineage("models:/chex-test@candidate", uri)
+    assert {"clip_pretrain", "lm_pretrain", "detection"} <= {t["name"] for t in chain["training"]}
     assert any(r.info.run_name.startswith("evaluate") for r in children)
     logged = json.loads(Path(mlflow.artifacts.download_artifacts(
         run_id=parents[0].info.run_id, artifact_path="resolved_config.json", tracking_uri=uri)).read_text())
@@ -105,8 +117,8 @@ def test_pipeline_runs_skips_reruns_what_changed_and_survives_a_failure(tmp_path
     write_configs(tmp_path, lr=5e-4, sweep=True)  # a sweep tunes the detection stage, which then trains with its best lr
     assert main(["pipeline", "run", "--config", str(config)]) == 0
     fifth = stages_of(capsys.readouterr().out)
-    assert list(fifth) == ["synth", "ingest", "sweep", "train:detection", "evaluate", "register"]
-    assert fifth["ingest"] == "skipped (unchanged)" and {fifth[s] for s in list(fifth)[2:]} == {"ran"}
+    assert list(fifth) == ["synth", "ingest", "clip_pretrain", "lm_pretrain", "sweep", "train:detection", "evaluate", "register"]
+    assert fifth["ingest"] == fifth["lm_pretrain"] == "skipped (unchanged)" and {fifth[s] for s in list(fifth)[4:]} == {"ran"}
     state = json.loads((tmp_path / "work" / "pipeline_state.json").read_text())
     best = state["sweep"]["outputs"]["params"]["lr"]
     assert 1e-4 <= best <= 1e-2 and state["sweep"]["outputs"]["trials"] == 2
@@ -125,6 +137,10 @@ def test_shipped_pipeline_configs_load():
 
     from preprocessing.synth.generate import SynthConfig
 
+    from pipelines.workflow.config import load_pipeline_config
+
+    quality = load_pipeline_config(REPO / "configs/pipeline/quality.yaml")  # the demo with more budget
+    assert quality.synth.studies > load_pipeline_config(REPO / "configs/pipeline/demo.yaml").synth.studies
     demo = load_config(PipelineConfig, REPO / "configs/pipeline/demo.yaml")
     paper = load_config(PipelineConfig, REPO / "configs/pipeline/paper.yaml")
     assert demo.raw == "" and paper.raw and paper.train.endswith("paper.yaml")

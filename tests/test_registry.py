@@ -66,7 +66,7 @@ def test_register_then_lineage_walks_back_to_the_raw_digests(ingested, tiny_mode
     from pipelines.evaluation_run import run_evaluation
     from pipelines.tracking import dataset_inputs, log_dataset
     from pipelines.tracking import ensure_experiment
-    from pipelines.training.stages import EXPORT_TAG
+    from pipelines.training.fit import EXPORT_TAG
 
     tables, manifest = ingested
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

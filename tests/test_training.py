@@ -37,6 +37,7 @@ def _config(workdir: Path, tables: Path, workers: int, stages: list[dict], engin
     cfg.batch_size, cfg.micro_batch = 4 * workers, 4
     cfg.deepspeed = str(ROOT / "configs/deepspeed/zero2_cpu.json")
     cfg.data.tables = str(tables)
+    cfg.pretrain.clip.enabled = cfg.pretrain.lm.enabled = False  # tests/test_pretrain.py runs the pre-training stages
     by_name = {s["name"]: s for s in cfg.stages}
     cfg.stages = [{**by_name[s["name"]], **s} for s in stages]
     return cfg
@@ -185,7 +186,13 @@ def test_a_killed_worker_resumes_to_the_same_weights(ingested, ray_local, tmp_pa
     assert np.allclose([v for _, v in killed_loss], [v for _, v in plain_loss], rtol=1e-5)
 
 
-def test_a_two_trial_sweep_logs_child_runs_and_a_best_config(ingested, ray_local, tmp_path):
+def test_a_two_trial_sweep_ranks_trials_by_an_evaluation_metric_on_val(ingested, ray_local, tmp_path):
+    """Trials ranked by the evaluation's VinDr mAP on the val split (scored by the evaluation code at each report):
+    two child runs carry it, the best is the highest, and its values are written into a copy of the config."""
+    from evaluation.config import EvalConfig, Bootstrap
+    from evaluation.evaluate import Evaluation
+    from evaluation.runner import ModelRunner
+    from chex_model.chex import ChEX
     from pipelines.training.sweep import AshaConfig, ParamSpace, SweepConfig, run_sweep
 
     tables, _ = ingested
@@ -193,8 +200,8 @@ def test_a_two_trial_sweep_logs_child_runs_and_a_best_config(ingested, ray_local
     train_yaml = tmp_path / "train.yaml"
     train_yaml.write_text(yaml.safe_dump({**_as_yaml(cfg)}))
     sweep = SweepConfig(train=str(train_yaml), stage="detection", workdir=str(tmp_path / "tune"), num_samples=2,
-                        steps=4, val_every=2, space={"lr": ParamSpace("loguniform", 1e-4, 3e-3)},
-                        asha=AshaConfig(grace_period=2))
+                        metric="val/od_vindr/mAP", mode="max", steps=4, val_every=2,
+                        space={"lr": ParamSpace("loguniform", 1e-4, 3e-3)}, asha=AshaConfig(grace_period=2))
     res = run_sweep(sweep)
     assert res.trials == 2
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'tune' / 'mlflow.db'}")
@@ -202,15 +209,28 @@ def test_a_two_trial_sweep_logs_child_runs_and_a_best_config(ingested, ray_local
     parent = [r for r in runs if r.info.run_name == "sweep-detection"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == res.parent_run_id]
     assert len(parent) == 1 and len(children) == 2
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in children)  # a stopped trial's run is ended too
     lrs = sorted(float(r.data.params["stage.lr"]) for r in children)
     assert lrs[0] != lrs[1] and all(1e-4 <= lr <= 3e-3 for lr in lrs)
-    final = {float(r.data.params["stage.lr"]): r.data.metrics["val/loss"] for r in children}
-    best_lr = min(final, key=final.get)
+    final = {float(r.data.params["stage.lr"]): r.data.metrics["val/od_vindr/mAP"] for r in children}
+    best_lr = max(final, key=final.get)
     assert res.best_params["lr"] == pytest.approx(best_lr)
     best = load_train_config(res.best_config)
     assert best.stage_configs()[0].lr == pytest.approx(best_lr)
     assert replace(best.stage_configs()[0], lr=0) == replace(cfg.stage_configs()[0], lr=0)
     assert parent[0].data.params["best.lr"] == str(res.best_params["lr"])
+    # the reported metric is the evaluation's, recomputed here on the best trial's exported model
+    model_dir = next((tmp_path / "tune" / "trials").glob("*/detection/model"))
+    trial = next(r for r in children if r.data.tags.get("exported_model") == str(model_dir.resolve()))
+    ev = EvalConfig(tasks=["od_vindr"], split="val", search=False, bootstrap=Bootstrap(boxes=0, text=0))
+    result = Evaluation(tables, ev, runner=ModelRunner(ChEX.from_pretrained(model_dir), show_progress=False)).run()["od_vindr"]
+    selected = int(trial.data.tags["selected_step"])
+    history = dict(_history_uri(f"sqlite:///{tmp_path / 'tune' / 'mlflow.db'}", trial.info.run_id, "val/od_vindr/mAP"))
+    assert result.metrics["mAP"]["value"] == pytest.approx(history[selected], abs=1e-6)
+
+
+def _history_uri(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in mlflow.MlflowClient(uri).get_metric_history(run_id, key)]
 
 
 def _train_split_loss(cfg: TrainConfig, stage: StageConfig, tables: Path, model_dir) -> float:

@@ -9,13 +9,14 @@ from pipelines.cli.args import UsageError, existing, model_folder, positive
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score a model on the paper's nine tasks (results JSON, table, figures, MLflow)")
-    p.add_argument("--model", type=Path, default=None, help="model folder (save_pretrained); not needed for --predictor oracle/random")
+    p.add_argument("--model", type=Path, default=None, help="model folder (save_pretrained); not needed for --predictor oracle / random")
     p.add_argument("--data", type=Path, required=True, help="ingest output folder (holds manifest.json and tables/)")
     p.add_argument("--config", type=Path, default=None, help="evaluation YAML (default: configs/evaluate/default.yaml settings)")
     p.add_argument("--tasks", default=None, help="comma-separated tasks or groups: all, od, sg, rc, re, rg, od_vindr, ...")
     p.add_argument("--split", default=None, help="split to score (default test); the search uses val")
-    p.add_argument("--predictor", choices=("model", "oracle", "random"), default=None,
-                   help="oracle = ground truth (the metrics' ceiling), random = chance level")
+    p.add_argument("--predictor", choices=("model", "oracle", "random", "shuffled"), default=None,
+                   help="oracle = ground truth (the metrics' ceiling), random = chance level, shuffled = the model's "
+                        "answer for another image")
     p.add_argument("--max-images", type=positive, default=None, help="at most this many images per task and split")
     p.add_argument("--no-search", action="store_true", help="keep the configured post-processing (no validation search)")
     p.add_argument("--report-policy", default=None, metavar="SET",
@@ -40,8 +41,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
     cfg = EvalConfig(**{**cfg.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
     if args.no_search:
         cfg.search = False
-    if cfg.predictor == "model" and args.model is None:
-        raise UsageError("--model is required (or --predictor oracle / random)")
+    if cfg.runs_model and args.model is None:
+        raise UsageError(f"--model is required for --predictor {cfg.predictor} (or --predictor oracle / random)")
     if args.model is not None:
         model_folder(args.model)
     if not (args.data / TABLES).is_dir():

@@ -30,9 +30,9 @@ def run_pipeline(args: argparse.Namespace) -> None:
     outputs = {r.name: r.outputs for r in records}
     if "evaluate" in outputs:
         print(Path(outputs["evaluate"]["table_file"]).read_text())
-        picture = Path(outputs["evaluate"]["table_file"]).parent / "figures" / "rg_mimic_example0.png"
-        if picture.is_file():
-            print(f"grounded report of a test image (boxes + generated sentences, true report below): {picture}")
+        show = Path(outputs["evaluate"].get("showcase_file", ""))
+        if show.is_file():
+            print(show.read_text())
     if "register" in outputs:
         reg = outputs["register"]
         print(f"registered {reg['name']} v{reg['version']} ({', '.join(reg['aliases'])}); champion v{reg['champion']}")

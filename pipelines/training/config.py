@@ -65,6 +65,50 @@ class StageConfig:
     val_every: int = 50
     select_metric: str = "val/loss"  # checkpoint selection: the best of this metric
     select_mode: str = "min"
+    # evaluation tasks scored on the val split at each validation, as val/<task>/<metric> (e.g. val/od_vindr/mAP)
+    val_tasks: list[str] = field(default_factory=list)
+    # this stage's own batch geometry and worker count (0 = the training config's)
+    batch_size: int = 0
+    micro_batch: int = 0
+    workers: int = 0
+
+
+@dataclass
+class BackboneStageConfig:
+    """A backbone pre-training stage (``clip_pretrain``, ``lm_pretrain``): trains from scratch on the ingested
+    MIMIC-CXR train split, before the ChEX stages, unless the backbone's folder is given (``clip_dir``, ``lm_dir``)."""
+
+    enabled: bool = False
+    steps: int = 300  # 0: no training, the stage exports its random start with the tokenizer trained on the data
+    lr: float = 1e-3
+    min_lr: float = 1e-6
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    val_every: int = 100
+    batch_size: int = 0  # 0 = the training config's; contrastive CLIP wants large micro batches (negatives)
+    micro_batch: int = 0
+    workers: int = 0
+    max_sentences: int = 0  # clip: report sentences per text, a random subset each step (0 = the whole report)
+
+    def as_stage(self, name: str, select_metric: str = "val/loss", select_mode: str = "min") -> StageConfig:
+        return StageConfig(name=name, trains=[], sources=["mimic_cxr"], steps=self.steps, lr=self.lr, min_lr=self.min_lr,
+                           warmup_steps=self.warmup_steps, weight_decay=self.weight_decay, val_every=self.val_every,
+                           select_metric=select_metric, select_mode=select_mode, batch_size=self.batch_size,
+                           micro_batch=self.micro_batch, workers=self.workers)
+
+
+@dataclass
+class PretrainConfig:
+    clip: BackboneStageConfig = field(default_factory=BackboneStageConfig)  # contrastive image-report CLIP -> clip_dir
+    lm: BackboneStageConfig = field(default_factory=BackboneStageConfig)  # GPT-2 on report sentences -> lm_dir
+
+
+def _check_val_tasks(stage: StageConfig) -> None:
+    from evaluation.config import ALL_TASKS
+
+    bad = sorted(set(stage.val_tasks) - set(ALL_TASKS))
+    if bad:
+        raise ConfigError(f"stage {stage.name}: unknown val_tasks {bad}; choose from {list(ALL_TASKS)}")
 
 
 @dataclass
@@ -106,6 +150,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_failures: int = 1
     data: DataConfig = field(default_factory=DataConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     stages: list[dict[str, Any]] = field(default_factory=list)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
@@ -122,6 +167,7 @@ class TrainConfig:
                 raise ConfigError(f"stage {s.name}: sources must be a non-empty subset of ['mimic_cxr', 'vindr_cxr']")
             if s.region_encoding not in REGION_ENCODINGS:
                 raise ConfigError(f"stage {s.name}: region_encoding must be one of {list(REGION_ENCODINGS)}")
+            _check_val_tasks(s)
         seen = False
         for s in stages:
             seen = seen or "post_decoder" in s.trains
@@ -132,6 +178,19 @@ class TrainConfig:
         if len({s.name for s in stages}) != len(stages):
             raise ConfigError("stage names must be unique")
         return stages
+
+    def for_stage(self, stage: StageConfig) -> "TrainConfig":
+        """This config with the stage's own batch geometry and workers, where it sets them."""
+        from dataclasses import replace
+
+        out = replace(self, batch_size=stage.batch_size or self.batch_size, micro_batch=stage.micro_batch or self.micro_batch,
+                      workers=stage.workers or self.workers)
+        out.accumulation()
+        return out
+
+    def pretrained_backbones(self) -> dict[str, bool]:
+        """Which backbones a run pre-trains itself: enabled, and no folder given for it."""
+        return {"clip": self.pretrain.clip.enabled and not self.clip_dir, "lm": self.pretrain.lm.enabled and not self.lm_dir}
 
     def accumulation(self) -> int:
         per_step = self.micro_batch * max(1, self.workers)
@@ -165,6 +224,23 @@ def load_train_config(path: Path | None) -> TrainConfig:
     cfg = load_config(TrainConfig, path)
     if cfg.engine not in ENGINES:
         raise ConfigError(f"engine must be one of {list(ENGINES)}, got {cfg.engine!r}")
-    cfg.stage_configs()
+    for s in cfg.stage_configs():
+        cfg.for_stage(s)
     cfg.accumulation()
+    check_backbones(cfg)
     return cfg
+
+
+def check_backbones(cfg: TrainConfig) -> None:
+    """ChEX starts from both backbones pretrained or from neither: one pre-training stage needs the other backbone
+    too (its stage, or its folder)."""
+    own = cfg.pretrained_backbones()
+    have = {"clip": own["clip"] or bool(cfg.clip_dir), "lm": own["lm"] or bool(cfg.lm_dir)}
+    if have["clip"] != have["lm"]:
+        missing = "lm" if have["clip"] else "clip"
+        raise ConfigError(f"the {'CLIP' if missing == 'clip' else 'GPT-2'} backbone is neither pre-trained nor given: "
+                          f"enable pretrain.{missing} or set {missing}_dir (ChEX starts from both backbones or neither)")
+    for name in ("clip", "lm"):
+        stage = getattr(cfg.pretrain, name)
+        if own[name]:
+            cfg.for_stage(stage.as_stage(f"{name}_pretrain"))

@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from chex_model.typed_config import ConfigError, from_dict, load_config
+from chex_model.typed_config import ConfigError, from_dict, load_config, read_yaml
+from evaluation.config import ALL_TASKS
 from pipelines.tracking import code_tags, default_uri
 from pipelines.training.config import StageConfig, TrainConfig, load_train_config
 from pipelines.training.trainer import GROUP_FILE
@@ -138,6 +139,17 @@ def release_leftover_groups(sweep_dir: Path) -> None:
         record.unlink(missing_ok=True)
 
 
+def end_stopped_runs(tracking_uri: str, parent_run_id: str) -> None:
+    """Mark the MLflow runs of trials that ASHA stopped (or that failed) as ended: their process was killed before
+    it could close its run, which would otherwise stay RUNNING forever."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    for run in client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"):
+        client.set_terminated(run.info.run_id, "KILLED")
+
+
 @dataclass
 class SweepResult:
     best_params: dict[str, Any]
@@ -171,6 +183,9 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, train_cfg: TrainCo
         stage.val_every = sweep.val_every
     if sweep.workers:
         train_cfg.workers = sweep.workers
+    task = sweep.metric.split("/")[1] if sweep.metric.count("/") >= 2 else ""
+    if task in ALL_TASKS and task not in stage.val_tasks:  # ranked by an evaluation metric: score it at each report
+        stage.val_tasks = [*stage.val_tasks, task]
     train_cfg.accumulation()
     # trials run in their own folders: every path they read must be absolute
     train_cfg.data.tables = str(Path(train_cfg.data.tables).resolve())
@@ -209,6 +224,7 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, train_cfg: TrainCo
         )
         grid = tuner.fit()
         release_leftover_groups(workdir)  # every trial has ended now
+        end_stopped_runs(train_cfg.tracking_uri(), parent.info.run_id)
         best = grid.get_best_result(metric=sweep.metric, mode=sweep.mode, scope="all")
         if best.metrics is None or sweep.metric not in best.metrics:
             raise RuntimeError(f"no trial reported {sweep.metric!r}: {[r.error for r in grid if r.error]}")
@@ -230,7 +246,7 @@ def _reports(stage: StageConfig) -> int:
 
 def best_config_yaml(train_yaml: Path, stage_name: str, params: dict[str, Any]) -> str:
     """The training YAML with the best values written into stage ``stage_name`` (other settings untouched)."""
-    raw = yaml.safe_load(train_yaml.read_text())
+    raw = read_yaml(train_yaml)  # its base chain merged in: the copy stands alone
     for i, s in enumerate(raw.get("stages", [])):
         if s.get("name") == stage_name:
             full = apply_params({**asdict(StageConfig()), **s}, params)

@@ -158,12 +158,13 @@ class LoopConfig:
     t0: float = 0.0  # when the driver called fit(): the time to the first step counts from here
 
 
-class Trainer:
+class StageTrainer:
     """One worker's training of a stage under Ray Train V2: set-up, resume, step, validate, checkpoint.
 
-    Every rank saves its part (its ZeRO shard) into the same reported checkpoint, plus, from rank 0, a consolidated
-    ``save_pretrained`` model and the loop state; resuming restores model, optimizer, scheduler, step and the
-    position in the epoch. Rank 0 validates and logs to MLflow. Subclasses may hook :meth:`after_step`.
+    Every rank saves its part (its ZeRO shard) into the same reported checkpoint, plus, from rank 0, the exported
+    model (:meth:`export`) and the loop state; resuming restores model, optimizer, scheduler, step and the position
+    in the epoch. Rank 0 validates and logs to MLflow. What is trained and how a micro batch becomes a loss are the
+    subclass's (:meth:`build`, :meth:`losses`, :meth:`validate`); subclasses may hook :meth:`after_step`.
     """
 
     def __init__(self, loop: LoopConfig) -> None:
@@ -175,10 +176,7 @@ class Trainer:
         use_gpu = torch.cuda.is_available() and self.cfg.use_gpu
         self.device = torch.device(f"cuda:{ctx.get_local_rank()}" if use_gpu else "cpu")
         torch.manual_seed(self.cfg.data.seed)
-        self.model = ChEX.from_pretrained(loop.init_model, device=self.device)
-        if self.stage.box_token_drop is not None:
-            self.model.post_decoder.token_drop = self.stage.box_token_drop
-        set_trainable(self.model, self.stage.trains)
+        self.model = self.build()
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.stage.lr, weight_decay=self.stage.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.stage))
@@ -191,6 +189,24 @@ class Trainer:
         self.mlflow: Any = None
         self.sums: dict[str, float] = {}
         self.counts: dict[str, int] = {}
+
+    def build(self) -> torch.nn.Module:
+        """The module to train, on ``self.device``, with exactly the trained parameters requiring gradients."""
+        raise NotImplementedError
+
+    def losses(self, nb: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """The named loss terms of one micro batch, through the engine (``self.engine(...)``)."""
+        raise NotImplementedError
+
+    def validate(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def export(self, directory: Path) -> None:
+        """Write the model later stages load (rank 0, into each checkpoint)."""
+        self.model.save_pretrained(directory)
+
+    def train_mode(self) -> None:
+        self.engine.train()
 
     def resume(self) -> None:
         """Continue from the latest reported checkpoint, if Ray restarted the group from one."""
@@ -235,7 +251,7 @@ class Trainer:
         if self.rank == 0 and self.state["step"] == 0:  # the untrained baseline: every curve starts where the stage did
             with self.perf.pause():
                 self.mlflow.log_metrics(self.validate(), step=0)
-        train_mode(self.engine, self.model, self.stage)
+        self.train_mode()
         while self.state["step"] < self.stage.steps:
             if self.epoch(shard):
                 self.state["epoch"] += 1
@@ -265,14 +281,11 @@ class Trainer:
 
     def micro_step(self, nb: dict[str, np.ndarray], i: int) -> bool:
         """Forward and backward of micro batch ``i``; True when it completed an optimizer step."""
-        cfg, stage, step = self.cfg, self.stage, self.state["step"]
+        cfg, step = self.cfg, self.state["step"]
         rng = np.random.default_rng([cfg.data.seed, step, self.rank, i])
         torch.manual_seed(cfg.data.seed * 1_000_003 + step * 101 + self.rank * 7 + i)
-        batch = _batch_to(stage_batch(nb, rng, cfg.data, stage, train=True), self.device, self.dtype)
-        # one coin per step, the same on every rank and micro batch (the reference flips it per step)
-        encoding = region_encoding_for(stage, np.random.default_rng([cfg.data.seed, step]))
-        losses = self.engine(batch, region_encoding=encoding, generate=stage.generate, post_decoder=bool(stage.post_decoder))
-        loss = weighted_loss(losses, stage.loss_weights)
+        losses = self.losses(nb, rng)
+        loss = weighted_loss(losses, self.stage.loss_weights)
         for k, v in (("loss", loss), *((f"train/{k}", v) for k, v in losses.items() if k != ANCHOR)):
             self.sums[k] = self.sums.get(k, 0.0) + v.item()
             self.counts[k] = self.counts.get(k, 0) + 1  # a term is averaged over the micro batches that had it
@@ -301,10 +314,7 @@ class Trainer:
             metrics.update({**self.perf.metrics(step, self.device), "step": step})
             with self.perf.pause():
                 self.checkpoint(metrics)
-            train_mode(self.engine, self.model, self.stage)
-
-    def validate(self) -> dict[str, float]:
-        return validate(self.model, self.val.batches(), self.cfg, self.stage, self.device, self.dtype)
+            self.train_mode()
 
     def checkpoint(self, metrics: dict[str, float]) -> None:
         """Validate (rank 0), then every rank writes its engine shard and reports the same checkpoint."""
@@ -317,14 +327,44 @@ class Trainer:
         with tempfile.TemporaryDirectory() as tmp:
             self.engine.save(tmp, dict(self.state))
             if self.rank == 0:
-                self.model.save_pretrained(Path(tmp) / MODEL_DIR)
+                self.export(Path(tmp) / MODEL_DIR)
                 (Path(tmp) / STATE_FILE).write_text(json.dumps({**self.state, "metrics": metrics}, indent=2))
             torch.distributed.barrier()
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
+class Trainer(StageTrainer):
+    """A ChEX stage: the previous stage's model with the stage's parts trainable, multitask losses."""
+
+    def build(self) -> ChEX:
+        model = ChEX.from_pretrained(self.loop.init_model, device=self.device)
+        if self.stage.box_token_drop is not None:
+            model.post_decoder.token_drop = self.stage.box_token_drop
+        set_trainable(model, self.stage.trains)
+        return model
+
+    def losses(self, nb: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        cfg, stage = self.cfg, self.stage
+        batch = _batch_to(stage_batch(nb, rng, cfg.data, stage, train=True), self.device, self.dtype)
+        # one coin per step, the same on every rank and micro batch (the reference flips it per step)
+        encoding = region_encoding_for(stage, np.random.default_rng([cfg.data.seed, self.state["step"]]))
+        return self.engine(batch, region_encoding=encoding, generate=stage.generate, post_decoder=bool(stage.post_decoder))
+
+    def validate(self) -> dict[str, float]:
+        out = validate(self.model, self.val.batches(), self.cfg, self.stage, self.device, self.dtype)
+        if self.stage.val_tasks:
+            from pipelines.training.val_tasks import val_task_metrics
+
+            out.update(val_task_metrics(self.model, Path(self.cfg.data.tables), self.stage.val_tasks,
+                                        self.cfg.data.val_max_images, self.cfg.micro_batch * 4, self.dtype))
+        return out
+
+    def train_mode(self) -> None:
+        train_mode(self.engine, self.model, self.stage)
+
+
 def train_worker(config: dict[str, Any]) -> None:
-    """``TorchTrainer`` entry point: ``config = {"loop": LoopConfig, "trainer": Trainer or a subclass}``."""
+    """``TorchTrainer`` entry point: ``config = {"loop": LoopConfig, "trainer": a StageTrainer subclass}``."""
     config["trainer"](config["loop"]).fit()
 
 

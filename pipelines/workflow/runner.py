@@ -20,6 +20,7 @@ from pipelines.workflow.stages import (
     Context,
     EvaluateStage,
     IngestStage,
+    PretrainStage,
     RegisterStage,
     Stage,
     SweepStage,
@@ -61,6 +62,7 @@ class Pipeline:
         if self.train_cfg.deepspeed and not Path(self.train_cfg.deepspeed).is_absolute():
             self.train_cfg.deepspeed = str(Path(self.train_cfg.deepspeed).resolve())
         self.train_cfg.accumulation()
+        self.own_backbones = [k for k, on in self.train_cfg.pretrained_backbones().items() if on]
         self.sweep_cfg = None
         if cfg.sweep:
             from pipelines.training.sweep import load_sweep_config
@@ -73,6 +75,7 @@ class Pipeline:
 
     def _stages(self) -> list[Stage]:
         stages: list[Stage] = ([] if self.cfg.raw else [SynthStage()]) + [IngestStage()]
+        stages += [PretrainStage(k) for k in self.own_backbones]
         for s in self.train_cfg.stage_configs():
             if self.sweep_cfg is not None and s.name == self.sweep_cfg.stage:
                 stages.append(SweepStage())
@@ -106,11 +109,19 @@ class Pipeline:
             stage = from_dict(StageConfig, apply_params(asdict(stage), up["sweep"]["params"]))
         return stage
 
-    def previous_weights(self, name: str, up: dict[str, Any]) -> str | None:
-        """The weights digest of the last training stage before ``name`` (None for the first)."""
+    def previous_weights(self, name: str, up: dict[str, Any]) -> str | dict[str, str] | None:
+        """The weights digest of the last training stage before ``name``; for the first, those of the backbones the
+        pipeline pre-trained (None without)."""
         before = self.stage_names[: self.stage_names.index(name)]
         trained = [n for n in before if n.startswith("train:")]
-        return up[trained[-1]]["weights_sha256"] if trained else None
+        if trained:
+            return up[trained[-1]]["weights_sha256"]
+        return {k: up[f"{k}_pretrain"]["weights_sha256"] for k in self.own_backbones} or None
+
+    def use_backbones(self, up: dict[str, Any]) -> None:
+        """Point the training config at the backbones the pipeline pre-trained (before a ChEX stage builds its model)."""
+        for k in self.own_backbones:
+            setattr(self.train_cfg, f"{k}_dir", up[f"{k}_pretrain"]["model_dir"])
 
     def run(self, from_stage: str | None = None, only: str | None = None, address: str | None = None) -> list[StageRecord]:
         import mlflow

@@ -31,13 +31,16 @@ class PipelineView(Protocol):
     train_cfg: TrainConfig
     eval_cfg: EvalConfig
     sweep_cfg: SweepConfig | None
+    own_backbones: list[str]
 
     @property
     def last_train(self) -> str: ...
 
     def stage_config(self, name: str, up: dict[str, Any]) -> StageConfig: ...
 
-    def previous_weights(self, name: str, up: dict[str, Any]) -> str | None: ...
+    def previous_weights(self, name: str, up: dict[str, Any]) -> str | dict[str, str] | None: ...
+
+    def use_backbones(self, up: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -71,8 +74,33 @@ class Stage(ABC):
 
 
 def _training_globals(ctx: Context) -> dict[str, Any]:
-    """The training config's keys that change results (not the stage list, folders or tracking)."""
-    return {k: v for k, v in asdict(ctx.pipeline.train_cfg).items() if k not in ("stages", "workdir", "mlflow")}
+    """The training config's keys that change the ChEX stages' results (not the stage list, folders or tracking;
+    backbones the pipeline pre-trains enter through their weights, see ``previous_weights``)."""
+    own = {f"{k}_dir" for k in ctx.pipeline.own_backbones}
+    return {k: v for k, v in asdict(ctx.pipeline.train_cfg).items()
+            if k not in ("stages", "workdir", "mlflow", "pretrain", *own)}
+
+
+class PretrainStage(Stage):
+    """A backbone pre-training stage (``clip_pretrain``, ``lm_pretrain``); absent when the backbone's folder is given."""
+
+    paths = ("model_dir",)
+    GLOBALS = ("model_preset", "batch_size", "micro_batch", "workers", "engine", "deepspeed", "grad_clip", "data")
+
+    def __init__(self, kind: str) -> None:
+        self.kind, self.name = kind, f"{kind}_pretrain"
+
+    def inputs(self, ctx: Context) -> dict[str, Any]:
+        train = asdict(ctx.pipeline.train_cfg)
+        return {"pretrain": train["pretrain"][self.kind], "train": {k: train[k] for k in self.GLOBALS},
+                "datasets": ctx.upstream["ingest"]["datasets"]}
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        from pipelines.training.pretrain import run_pretrain
+
+        res = run_pretrain(ctx.pipeline.train_cfg, self.kind, ctx.parent_run_id)
+        return {"model_dir": str(res.model_dir), "weights_sha256": file_sha256(Path(res.model_dir) / "model.safetensors"),
+                "checkpoint": res.checkpoint, "metrics": {k: v for k, v in res.metrics.items() if k.startswith("val/")}}
 
 
 class SynthStage(Stage):
@@ -139,6 +167,7 @@ class SweepStage(Stage):
         from pipelines.training.sweep import run_sweep
 
         p = ctx.pipeline
+        p.use_backbones(ctx.upstream)
         res = run_sweep(p.sweep_cfg, ctx.address, p.train_cfg, stage_input(p.train_cfg, p.sweep_cfg.stage), nested=True)
         return {"params": res.best_params, "best_config_file": str(res.best_config), "trials": res.trials,
                 "run_id": res.parent_run_id}
@@ -161,6 +190,7 @@ class TrainStage(Stage):
         from pipelines.training.stages import run_stage, stage_input
 
         p = ctx.pipeline
+        p.use_backbones(ctx.upstream)
         stage = p.stage_config(self.stage, ctx.upstream)
         res = run_stage(p.train_cfg, stage, stage_input(p.train_cfg, stage.name), ctx.parent_run_id)
         calibration = Path(res.model_dir) / CALIBRATION_FILE
@@ -184,10 +214,29 @@ class EvaluateStage(Stage):
 
         p, model = ctx.pipeline, ctx.upstream[ctx.pipeline.last_train]
         out = p.workdir / "evaluation"
-        payload = run_evaluation(Path(ctx.upstream["ingest"]["tables_dir"]), p.eval_cfg, out, Path(model["model_dir"]),
-                                 p.cfg.tracking(), p.cfg.experiment, parent_run_id=ctx.parent_run_id)
+        tables = Path(ctx.upstream["ingest"]["tables_dir"])
+        payload = run_evaluation(tables, p.eval_cfg, out, Path(model["model_dir"]), p.cfg.tracking(), p.cfg.experiment,
+                                 parent_run_id=ctx.parent_run_id)
         return {"results_file": str(out / "results.json"), "table_file": str(out / "table.md"),
-                "run_id": payload["mlflow_run_id"], "key": key_of(payload["tasks"], model["weights_sha256"])}
+                "run_id": payload["mlflow_run_id"], "key": key_of(payload["tasks"], model["weights_sha256"]),
+                **self._showcase(ctx, tables, Path(model["model_dir"]), out, payload["mlflow_run_id"])}
+
+    @staticmethod
+    def _showcase(ctx: Context, tables: Path, model_dir: Path, out: Path, run_id: str) -> dict[str, str]:
+        """Abnormal test images with their grounded reports and free-text prompts answered (pipelines/showcase.py),
+        as console text and markdown beside the table, and artifacts of the evaluation run."""
+        import mlflow
+
+        from pipelines.showcase import render_markdown, render_text, showcase
+
+        show = showcase(model_dir, tables, out / "showcase", max_new_tokens=ctx.pipeline.eval_cfg.max_new_tokens)
+        (out / "showcase.txt").write_text(render_text(show))
+        (out / "showcase.md").write_text(render_markdown(show, out))
+        client = mlflow.MlflowClient(ctx.pipeline.cfg.tracking())
+        for name in ("showcase.txt", "showcase.md"):
+            client.log_artifact(run_id, str(out / name))
+        client.log_artifacts(run_id, str(out / "showcase"), "showcase")
+        return {"showcase_file": str(out / "showcase.txt")}
 
 
 class RegisterStage(Stage):
