@@ -23,6 +23,7 @@ from evaluation.config import EvalConfig
 from evaluation.data import Row, load_rows
 from evaluation.detection_map import map_metrics, pr_curve
 from evaluation.figures import example_picture, pr_figure
+from evaluation.postprocess import BoxPostprocess
 from preprocessing.box_geometry import cxcywh_to_xyxy
 from preprocessing.image_io import decode_png
 
@@ -87,10 +88,14 @@ class Evaluation:
         self._timings: dict[str, float] = {}
         self._notes: list[str] = []
 
-    def for_predictor(self, predictor: str) -> "Evaluation":
+    def for_predictor(self, predictor: str, postprocess: dict[str, BoxPostprocess] | None = None) -> "Evaluation":
         """The same evaluation (tasks, split, settings) for a baseline predictor, without figures; it shares the loaded
-        rows, the labeler and the model rather than loading them again."""
-        other = Evaluation(self.tables, replace(self.cfg, predictor=predictor, baselines=[]), self.runner, None, self._labeler)
+        rows, the labeler and the model rather than loading them again. ``postprocess``: fixed box post-processing
+        per task (no search)."""
+        cfg = replace(self.cfg, predictor=predictor, baselines=[])
+        if postprocess:
+            cfg = replace(cfg, search=False, postprocess={**cfg.postprocess, **postprocess})
+        other = Evaluation(self.tables, cfg, self.runner, None, self._labeler)
         other._rows = self._rows
         return other
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.config import EvalConfig
+from evaluation.postprocess import BoxPostprocess
 from evaluation.evaluate import SOURCES, Evaluation, TaskResult
 from evaluation.table import markdown
 from pipelines.digests import file_sha256
@@ -55,13 +56,16 @@ def _log_metrics(prefix: str = "") -> Callable[[TaskResult], None]:
     return on_result
 
 
-def _baselines(evaluation: Evaluation) -> dict[str, dict[str, Any]]:
+def _baselines(evaluation: Evaluation, model: dict[str, TaskResult]) -> dict[str, dict[str, Any]]:
     """Each configured baseline on the model's tasks and split through the same scoring, so the model's numbers read
-    against chance (random), the ceiling (oracle) and what it answers without looking at the image (shuffled)."""
+    against chance (random), the ceiling (oracle) and what it answers without looking at the image (shuffled). Boxes
+    are post-processed as the model's were (the settings its validation search chose), not searched again."""
+    chosen = {task: BoxPostprocess(**r.settings["postprocess"]) for task, r in model.items() if "postprocess" in r.settings}
     out = {}
     for predictor in evaluation.cfg.baselines:
         log.info("baseline %s on %s", predictor, ", ".join(evaluation.cfg.tasks))
-        results = evaluation.for_predictor(predictor).run(on_result=_log_metrics(f"baseline/{predictor}/"))
+        baseline = evaluation.for_predictor(predictor, chosen)
+        results = baseline.run(on_result=_log_metrics(f"baseline/{predictor}/"))
         out[predictor] = {k: r.to_dict() for k, r in results.items()}
     return out
 
@@ -102,7 +106,7 @@ def run_evaluation(tables: Path, cfg: EvalConfig, out: Path, model_dir: Path | N
         evaluation = Evaluation(Path(tables), cfg, runner, out)
         log.info("evaluating %s on %s", model_dir or cfg.predictor, ", ".join(cfg.tasks))
         results = evaluation.run(on_result=_log_metrics())
-        baselines = _baselines(evaluation) if cfg.predictor == "model" else {}
+        baselines = _baselines(evaluation, results) if cfg.predictor == "model" else {}
         payload = {"model": str(Path(model_dir).resolve()) if model_dir else None, "predictor": cfg.predictor,
                    "split": cfg.split, "mlflow_run_id": run.info.run_id, "tracking_uri": uri,
                    "tasks": {k: r.to_dict() for k, r in results.items()}, "baselines": baselines}

@@ -13,6 +13,7 @@ from chex_model.typed_config import ConfigError
 from evaluation import task_detection as od
 from evaluation.config import Bootstrap, EvalConfig
 from evaluation.data import load_rows
+from evaluation.postprocess import BoxPostprocess
 from evaluation.evaluate import Evaluation, derangement, image_groups
 from evaluation.table import cell
 
@@ -101,15 +102,19 @@ def test_run_evaluation_scores_baselines_beside_the_model(ingested, tiny_model_d
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert list(saved["baselines"]) == names
     assert all(set(saved["baselines"][b]) == set(tasks) for b in names)
-    assert "search" in saved["baselines"]["shuffled"]["od_vindr"]["settings"]  # the model's pipeline, val search included
+    chosen = saved["tasks"]["od_vindr"]["settings"]["postprocess"]  # what the model's validation search picked
+    assert "search" not in saved["baselines"]["shuffled"]["od_vindr"]["settings"]
+    assert saved["baselines"]["shuffled"]["od_vindr"]["settings"]["postprocess"] == chosen  # boxes as the model's
 
     # each baseline equals that predictor evaluated on its own with the same settings
     from chex_model.chex import ChEX
     from evaluation.runner import ModelRunner
 
     runner = ModelRunner(ChEX.from_pretrained(tiny_model_dir), cfg.batch_size, cfg.max_new_tokens, show_progress=False)
+    fixed = {"od_vindr": BoxPostprocess(**chosen)}
     for name in names:
-        alone = Evaluation(tables, replace(cfg, predictor=name, baselines=[]), runner).run()
+        alone = Evaluation(tables, replace(cfg, predictor=name, baselines=[], search=False,
+                                           postprocess={**cfg.postprocess, **fixed}), runner).run()
         for task in tasks:
             got = saved["baselines"][name][task]["metrics"]
             for key, stat in alone[task].metrics.items():

@@ -110,22 +110,29 @@ def _toy_pairs(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, list[str
     return torch.from_numpy(images), [FINDINGS[k] for k in kinds]
 
 
-def test_contrastive_pretraining_learns_and_retrieves_held_out_reports():
-    cfg = preset("tiny")
-    clip_tok, _ = _tokenizers()
+def _untrained(cls, tokenizer: int):
+    """A random tiny backbone (seeded) with the test tokenizers' CLIP (0) or GPT-2 (1) tokenizer."""
     torch.manual_seed(0)
-    model = ContrastiveClip.build(cfg, clip_tok)
-    rng = np.random.default_rng(0)
-    held_img, held_txt = _toy_pairs(64, np.random.default_rng(99))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    return cls.build(preset("tiny"), _tokenizers()[tokenizer])
+
+
+def _fit(model: torch.nn.Module, loss_fn, lr: float, steps: int) -> list[float]:
+    """Plain AdamW steps on ``loss_fn()`` (a fresh batch each call); the losses."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
     losses = []
-    for _ in range(80):
-        images, texts = _toy_pairs(32, rng)
-        loss = model(images, texts)["clip_contr"]
+    for _ in range(steps):
+        loss = loss_fn()
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
+    return losses
+
+
+def test_contrastive_pretraining_learns_and_retrieves_held_out_reports():
+    model, rng = _untrained(ContrastiveClip, 0), np.random.default_rng(0)
+    held_img, held_txt = _toy_pairs(64, np.random.default_rng(99))
+    losses = _fit(model, lambda: model(*_toy_pairs(32, rng))["clip_contr"], 1e-3, 80)
     assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:5]), (losses[:5], losses[-10:])
     with torch.no_grad():
         out = retrieval_metrics(model.eval().embed_images(held_img), model.embed_texts(held_txt), held_txt, float(model.scale))
@@ -133,11 +140,7 @@ def test_contrastive_pretraining_learns_and_retrieves_held_out_reports():
 
 
 def test_sentence_lm_learns_held_out_sentences():
-    cfg = preset("tiny")
-    _, lm_tok = _tokenizers()
-    torch.manual_seed(0)
-    model = SentenceLm.build(cfg, lm_tok)
-    rng = np.random.default_rng(0)
+    model, rng = _untrained(SentenceLm, 1), np.random.default_rng(0)
     sentence = lambda: f"Opacity in the {ZONES[rng.integers(4)]} zone."  # noqa: E731
     held = [f"Opacity in the {z} zone." for z in ZONES]
 
@@ -148,12 +151,7 @@ def test_sentence_lm_learns_held_out_sentences():
         return float(nll[valid].mean())
 
     before = held_nll()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(60):
-        loss = model([sentence() for _ in range(16)])["lm"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _fit(model, lambda: model([sentence() for _ in range(16)])["lm"], 3e-3, 60)
     after = held_nll()
     assert before > 0.9 * np.log(1024) and after < 0.25 * before, (before, after)
 
