@@ -298,7 +298,7 @@ class Evaluation:
         with self.phase("predict"):
             texts = self._pick(generate, lambda: list(samples.targets), lambda: tx.shuffled(samples.targets))
         with self.phase("score"):
-            scorer = tx.TextScorer(texts, samples, self.labeler, self.meteor, split_abnormal)
+            scorer = tx.TextScorer(texts, samples, self.labeler, self.meteor, split_abnormal, claims=name == "rg_mimic")
             metrics = self._boot(scorer, scorer.n_groups, text=True)
         settings = {"labeler": self.labeler.name} | ({"report_policy": self.cfg.report_prompt_set} if name == "rg_mimic" else {})
         res = TaskResult(name, source, self.cfg.split, len(samples.targets), metrics, settings,

@@ -12,19 +12,23 @@ HEADLINE: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "rc_cig": ("Region classification", "Chest ImaGenome", ("auroc_weighted", "auroc_macro")),
     "re_mscxr": ("Region explanation", "MS-CXR", ("METEOR", "mic_f1_14", "mac_f1_14")),
     "re_cig": ("Region explanation", "Chest ImaGenome", ("METEOR", "mic_f1_14", "mac_f1_14")),
-    "rg_mimic": ("Full report generation", "MIMIC-CXR", ("METEOR", "mic_f1_14", "mac_f1_14", "ex_f1_14", "mic_f1_5plus", "mac_f1_5plus")),
+    "rg_mimic": ("Full report generation", "MIMIC-CXR", ("METEOR", "mic_f1_14", "mac_f1_14", "ex_f1_14", "mic_f1_5plus",
+                                                         "mac_f1_5plus", "sentences_without_false_claim", "sentences_per_report")),
 }
 NAMES = {"mic_f1_14": "Mic-F1-14", "mac_f1_14": "Mac-F1-14", "ex_f1_14": "Ex-F1-14", "mic_f1_5plus": "Mic-F1-5+",
          "mac_f1_5plus": "Mac-F1-5+", "auroc": "AUROC", "auroc_weighted": "AUROC (weighted)", "auroc_macro": "AUROC (macro)",
-         "accuracy": "accuracy"}
+         "accuracy": "accuracy", "sentences_without_false_claim": "sentences w/o false claim",
+         "sentences_per_report": "sentences / report"}
+COUNTS = frozenset({"sentences_per_report"})  # shown as they are, not in %
 
 
-def cell(stat: dict[str, float] | None) -> str:
+def cell(stat: dict[str, float] | None, scale: float = 100.0) -> str:
+    """``mean ± std`` (the full-set value where no resample gave a mean), times ``scale`` (100: in %)."""
     if not stat or stat.get("value") != stat.get("value"):
         return "n/a"
     mean = stat["mean"] if stat["mean"] == stat["mean"] else stat["value"]
     std = stat["std"]
-    return f"{100 * mean:.1f} ± {100 * std:.1f}" if std == std else f"{100 * mean:.1f}"
+    return f"{scale * mean:.1f} ± {scale * std:.1f}" if std == std else f"{scale * mean:.1f}"
 
 
 def markdown(results: dict[str, Any], column: str = "ChEX (ours)", baselines: dict[str, dict[str, Any]] | None = None) -> str:
@@ -38,9 +42,11 @@ def markdown(results: dict[str, Any], column: str = "ChEX (ours)", baselines: di
             continue
         r = results[task]
         for key in keys:
-            others = "".join(f" {cell(b.get(task, {}).get('metrics', {}).get(key))} |" for b in baselines.values())
-            lines.append(f"| {title} | {dataset} | {NAMES.get(key, key)} | {r['n']} | {cell(r['metrics'].get(key))} |{others}")
-    note = "\n\nValues in %, bootstrap mean ± std over resamples (250 for boxes and classes, 10 for text).\n"
+            scale = 1.0 if key in COUNTS else 100.0
+            others = "".join(f" {cell(b.get(task, {}).get('metrics', {}).get(key), scale)} |" for b in baselines.values())
+            lines.append(f"| {title} | {dataset} | {NAMES.get(key, key)} | {r['n']} | {cell(r['metrics'].get(key), scale)} |{others}")
+    note = ("\n\nValues in % (sentences / report: a count), bootstrap mean ± std over resamples (250 for boxes and "
+            "classes, 10 for text).\n")
     if baselines:
         note += ("Baselines: random = chance-level predictions, oracle = the ground truth (the ceiling on this data), "
                  "shuffled = this model shown another image of the split (another patient's where possible).\n")

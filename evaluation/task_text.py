@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from evaluation import claims as cl
 from evaluation.bootstrap import indices
 from evaluation.data import Row, report_text, unique_boxes, xyxy
 from evaluation.meteor import MeteorScorer
@@ -72,12 +73,28 @@ def shuffled(targets: Sequence[str], seed: int = 0) -> list[str]:
     return [targets[perm[(k + 1) % n]] for k in range(n)] if n > 1 else list(targets)
 
 
+def claim_counts(generated: Sequence[str], true_codes: np.ndarray, labeler) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample: its generated sentences (the project's splitter) without a false claim against the true report's
+    codes, and all its generated sentences; every sentence is labelled in one labeler call (evaluation/claims.py)."""
+    from preprocessing.sentences import split_sentences
+
+    sentences = [split_sentences(t or "") for t in generated]
+    n = np.array([len(s) for s in sentences], int)
+    flat = [s for ss in sentences for s in ss]
+    codes = labeler.label(flat) if flat else np.zeros((0, len(cl.CONDITIONS)), np.int8)
+    ends = np.cumsum(n)
+    ok = np.array([cl.sentences_free([cl.labels(c) for c in codes[e - k:e]], cl.labels(t))
+                   for k, e, t in zip(n, ends, true_codes)], int)
+    return ok, n
+
+
 class TextScorer:
     """Corpus METEOR and CE F1 of generated texts as a function of per-*example* weights: the bootstrap resamples
-    images (a report, or all the boxes / regions of one image), and a drawn copy is its own example for Ex-F1."""
+    images (a report, or all the boxes / regions of one image), and a drawn copy is its own example for Ex-F1.
+    ``claims`` (full reports): also the share of generated sentences without a false claim and sentences per report."""
 
     def __init__(self, generated: Sequence[str], samples: TextSamples, labeler, meteor: MeteorScorer | None,
-                 split_abnormal: bool = False) -> None:
+                 split_abnormal: bool = False, claims: bool = False) -> None:
         from evaluation.clinical_f1 import ce_metrics
 
         self._ce = ce_metrics
@@ -87,6 +104,7 @@ class TextScorer:
         self.pred_codes = labeler.label(list(generated))
         self.true_codes = labeler.label(list(samples.targets))
         self.split_abnormal = split_abnormal
+        self.claims = claim_counts(generated, self.true_codes, labeler) if claims else None
         self.groups, self._group_of = np.unique(samples.group, return_inverse=True)
         self._members = [np.flatnonzero(self._group_of == g) for g in range(len(self.groups))]
 
@@ -108,4 +126,6 @@ class TextScorer:
         idx = np.concatenate(copies) if copies else np.zeros(0, int)
         example = np.repeat(np.arange(len(copies)), [len(c) for c in copies])
         out.update(self._ce(self.pred_codes[idx], self.true_codes[idx], example))
+        if self.claims is not None:
+            out.update(cl.claim_metrics(*self.claims, w))
         return out

@@ -19,7 +19,7 @@ INGEST_SIZE = 64  # stored image side of the shared ingested tables
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -106,6 +106,8 @@ def test_model_evaluation_end_to_end_with_mlflow(ingested, tiny_model_dir, tmp_p
         stat = saved["tasks"][t]["metrics"][HEADLINE[t]]
         assert set(stat) == {"value", "mean", "std"}
     assert "search" in saved["tasks"]["od_vindr"]["settings"]
+    claims = {"sentences_without_false_claim", "sentences_per_report"}  # full reports only
+    assert claims <= set(saved["tasks"]["rg_mimic"]["metrics"]) and not claims & set(saved["tasks"]["re_cig"]["metrics"])
     from evaluation.data import load_rows
 
     nih = load_rows(tables, "nih_cxr", "test")

@@ -8,9 +8,10 @@ from pipelines.cli.args import add_ray_address, existing, positive
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="multitask training: the workflow's stages on Ray Train + DeepSpeed")
+    p = sub.add_parser("train", help="training on Ray Train + DeepSpeed: backbone pre-training, then the workflow's stages")
     p.add_argument("--config", type=Path, default=Path("configs/train/demo.yaml"), help="training workflow YAML")
-    p.add_argument("--stage", action="append", default=[], help="run only this stage (repeatable; default all)")
+    p.add_argument("--stage", action="append", default=[],
+                   help="run only this stage (repeatable; default all): clip_pretrain, lm_pretrain or a ChEX stage")
     add_ray_address(p)
     p.add_argument("--workers", type=positive, default=None, help="override the number of training workers")
     p.add_argument("--gpus", action="store_true", help="one GPU per worker (NCCL; use a bf16 DeepSpeed config)")

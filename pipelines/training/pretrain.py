@@ -185,6 +185,19 @@ class LmTrainer(StageTrainer):
         return {"val/loss": loss, "val/ppl": float(np.exp(loss)), "val/tokens": float(count)}
 
 
+def exported(cfg: TrainConfig, kind: str) -> Path:
+    """Where stage ``kind`` exports its backbone (``<workdir>/<clip|lm>_pretrain/model``)."""
+    return Path(cfg.workdir).resolve() / KINDS[kind] / MODEL_DIR
+
+
+def use_own_backbones(cfg: TrainConfig) -> None:
+    """Point ``clip_dir`` / ``lm_dir`` at the backbones this config pre-trains itself (a stage or sweep run on its
+    own builds on them; a missing folder is one clear line when the model is built)."""
+    for kind, own in cfg.pretrained_backbones().items():
+        if own:
+            setattr(cfg, f"{kind}_dir", str(exported(cfg, kind)))
+
+
 def run_pretrain(cfg: TrainConfig, kind: str, parent_run_id: str | None = None) -> StageResult:
     """Pre-train backbone ``kind`` ("clip" or "lm") and export it to ``<workdir>/<clip|lm>_pretrain/model``."""
     from chex_model.config import preset
@@ -192,9 +205,9 @@ def run_pretrain(cfg: TrainConfig, kind: str, parent_run_id: str | None = None) 
     settings = getattr(cfg.pretrain, kind)
     stage = replace(settings.as_stage(KINDS[kind]), loss_weights={LOSS[kind]: 1.0})
     scfg = cfg.for_stage(stage)
-    root = Path(cfg.workdir).resolve() / stage.name
+    out = exported(cfg, kind)
+    root = out.parent
     root.mkdir(parents=True, exist_ok=True)
-    out = root / MODEL_DIR
     with quiet_data(cfg):
         init = init_backbone(cfg, kind, root / INIT)
         if not stage.steps:  # the ablation: the data's tokenizer, random weights

@@ -134,7 +134,7 @@ def run_workflow(cfg: TrainConfig, only: list[str] | None = None) -> list[StageR
     run per stage."""
     import mlflow
 
-    from pipelines.training.pretrain import KINDS, run_pretrain
+    from pipelines.training.pretrain import KINDS, run_pretrain, use_own_backbones
 
     stages = cfg.stage_configs()
     if not stages:
@@ -149,11 +149,8 @@ def run_workflow(cfg: TrainConfig, only: list[str] | None = None) -> list[StageR
     results = []
     with mlflow.start_run(run_name="workflow", tags=code_tags()) as parent:
         mlflow.log_params({"stages": ",".join(n for n in names if not only or n in only)})
-        for kind in own:
-            out = Path(cfg.workdir).resolve() / KINDS[kind] / MODEL_DIR
-            if not only or KINDS[kind] in only:
-                results.append(run_pretrain(cfg, kind, parent.info.run_id))
-            setattr(cfg, f"{kind}_dir", str(out))
+        results += [run_pretrain(cfg, k, parent.info.run_id) for k in own if not only or KINDS[k] in only]
+        use_own_backbones(cfg)
         for stage in stages:
             if only and stage.name not in only:
                 continue

@@ -20,6 +20,7 @@ from pipelines.training.config import StageConfig, TrainConfig, load_train_confi
 from pipelines.training.trainer import GROUP_FILE
 
 KINDS = ("loguniform", "uniform", "choice")
+RANK_REPORTS = 5  # trials are ranked by the mean of their last this many validation reports
 
 
 @dataclass
@@ -170,9 +171,11 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, train_cfg: TrainCo
     from ray.tune.search import BasicVariantGenerator
 
     from pipelines.ray_runtime import init_ray
+    from pipelines.training.pretrain import use_own_backbones
     from pipelines.training.stages import stage_input
 
     train_cfg = copy.deepcopy(train_cfg) if train_cfg is not None else load_train_config(Path(sweep.train))
+    use_own_backbones(train_cfg)  # a sweep on its own builds on the backbones the training run pre-trained
     stages = {s.name: s for s in train_cfg.stage_configs()}
     if sweep.stage not in stages:
         raise ConfigError(f"stage {sweep.stage!r} is not in {sweep.train} (has {list(stages)})")
@@ -225,14 +228,17 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, train_cfg: TrainCo
         grid = tuner.fit()
         release_leftover_groups(workdir)  # every trial has ended now
         end_stopped_runs(train_cfg.tracking_uri(), parent.info.run_id)
-        best = grid.get_best_result(metric=sweep.metric, mode=sweep.mode, scope="all")
+        # a trial's score: the mean of its last RANK_REPORTS validations, so one lucky early report (validation
+        # metrics on a small val split are noisy) does not pick a trial that ASHA then stopped
+        best = grid.get_best_result(metric=sweep.metric, mode=sweep.mode, scope=f"last-{RANK_REPORTS}-avg")
         if best.metrics is None or sweep.metric not in best.metrics:
             raise RuntimeError(f"no trial reported {sweep.metric!r}: {[r.error for r in grid if r.error]}")
         params = best.config["params"]
         out = workdir / f"best_{sweep.stage}.yaml"
         out.write_text(best_config_yaml(Path(sweep.train), sweep.stage, params))
         mlflow.log_params({f"best.{k}": v for k, v in params.items()})
-        mlflow.log_metric(f"best_{sweep.metric.replace('/', '_')}", float(best.metrics[sweep.metric]))
+        score = float(best.metrics_dataframe[sweep.metric].dropna().tail(RANK_REPORTS).mean())
+        mlflow.log_metric(f"best_{sweep.metric.replace('/', '_')}", score)
         mlflow.log_artifact(str(out))
         return SweepResult(params, dict(best.metrics), out, len(grid), parent.info.run_id)
 
