@@ -10,6 +10,7 @@ from typing import Any
 import mlflow
 
 from pipelines.registry import EVAL_RUN_TAG
+from pipelines.training.fit import EXPORT_TAG
 
 TRAIN_KEYS = {"train.model_preset", "train.batch_size", "train.engine", "train.workers", "train.data.tables", "train.init_model"}
 
@@ -51,6 +52,21 @@ def _raw_inputs(datasets: list[dict[str, Any]]) -> dict[str, Any]:
     return raw
 
 
+def _backbone_runs(client: mlflow.MlflowClient, stages: list) -> list:
+    """The runs that exported the backbone folders the training started from (``clip_dir`` / ``lm_dir``), when this
+    store has them: a pipeline rerun reuses its pre-training stages, whose runs then hang under an earlier pipeline."""
+    ids = {r.info.run_id for r in stages}
+    found = []
+    for key in ("train.clip_dir", "train.lm_dir"):
+        folder = next((r.data.params[key] for r in stages if r.data.params.get(key)), "")
+        if not folder:
+            continue
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                  filter_string=f"tags.{EXPORT_TAG} = '{Path(folder).resolve()}'", max_results=1)
+        found += [r for r in runs if r.info.run_id not in ids]
+    return found
+
+
 def model_lineage(model_uri: str, tracking_uri: str) -> dict[str, Any]:
     client = mlflow.MlflowClient(tracking_uri)
     mv = _version(client, model_uri)
@@ -74,6 +90,7 @@ def model_lineage(model_uri: str, tracking_uri: str) -> dict[str, Any]:
         if parent:
             stages = client.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
                                         order_by=["attributes.start_time ASC"])
+        stages = _backbone_runs(client, stages) + stages
         chain["training"] = [{"run_id": r.info.run_id, "name": r.info.run_name, "git_commit": r.data.tags.get("mlflow.source.git.commit"),
                               "git_dirty": r.data.tags.get("git_dirty"),
                               "config": {k: v for k, v in sorted(r.data.params.items())

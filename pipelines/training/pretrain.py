@@ -11,6 +11,7 @@ vocabulary comes from the data being trained on, not from the synthetic generato
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from pipelines.training.data import build_dataset, ms_cxr_image_ids, read_table_
 from pipelines.training.fit import StageResult, fit_stage, log_export, quiet_data
 from pipelines.training.trainer import MODEL_DIR, StageTrainer
 
+log = logging.getLogger(__name__)
 KINDS = {"clip": "clip_pretrain", "lm": "lm_pretrain"}
 LOSS = {"clip": "clip_contr", "lm": "lm"}  # each stage's one loss term
 INIT = "init"
@@ -67,7 +69,17 @@ def _sentences(batch) -> dict[str, list[str]]:
     return {"text": [s for row in batch["report_sentences"].to_pylist() for s in row or []]}
 
 
-def sentence_dataset(cfg: TrainConfig, split: str):
+def val_split(cfg: TrainConfig) -> str:
+    """``val``, or ``train`` (with a warning) for tables without a MIMIC-CXR val split (a handful of studies): the
+    stage still trains, and its validation then measures fit, not generalization."""
+    if table_paths(Path(cfg.data.tables), "mimic_cxr", "val"):
+        return "val"
+    log.warning("no mimic_cxr val split under %s: validating the backbone pre-training on train rows", cfg.data.tables)
+    return "train"
+
+
+def sentence_dataset(cfg: TrainConfig, split: str, shuffle: bool = False):
+    """One row per report sentence of ``split`` (blocks in a seeded random order with ``shuffle``)."""
     import ray.data
 
     paths = table_paths(Path(cfg.data.tables), "mimic_cxr", split)
@@ -78,15 +90,15 @@ def sentence_dataset(cfg: TrainConfig, split: str):
     ds = (ray.data.from_items([{"path": p, "source": "mimic_cxr"} for p in paths])
           .map_batches(read_table_file, batch_size=1, batch_format="pyarrow", fn_kwargs=kwargs)
           .map_batches(_sentences, batch_format="pyarrow"))
-    return ds.randomize_block_order(seed=cfg.data.seed) if split == "train" else ds.limit(VAL_SENTENCES)
+    return ds.randomize_block_order(seed=cfg.data.seed) if shuffle else ds
 
 
 def image_text_datasets(cfg: TrainConfig, size: int) -> dict[str, Any]:
     exclude, d = _excluded(cfg), cfg.data
     train = build_dataset(Path(d.tables), "train", size, d.augment, d.seed, 0, exclude, reproducible_augment=d.reproducible,
                           cache_rows=d.cache_rows, sources=("mimic_cxr",), frontal_only=d.frontal_only)[0]
-    val = build_dataset(Path(d.tables), "val", size, None, d.seed, 1, exclude, limit=d.val_max_images, sources=("mimic_cxr",),
-                        frontal_only=d.frontal_only)[0]
+    val = build_dataset(Path(d.tables), val_split(cfg), size, None, d.seed, 1, exclude, limit=d.val_max_images,
+                        sources=("mimic_cxr",), frontal_only=d.frontal_only)[0]
     return {"train": train, "val": val.materialize()}
 
 
@@ -217,7 +229,8 @@ def run_pretrain(cfg: TrainConfig, kind: str, parent_run_id: str | None = None) 
         if kind == "clip":
             datasets, trainer = image_text_datasets(scfg, preset(cfg.model_preset).clip.image_size), ClipTrainer
         else:
-            datasets, trainer = {"train": sentence_dataset(scfg, "train"), "val": sentence_dataset(scfg, "val").materialize()}, LmTrainer
+            val = sentence_dataset(scfg, val_split(scfg)).limit(VAL_SENTENCES).materialize()
+            datasets, trainer = {"train": sentence_dataset(scfg, "train", shuffle=True), "val": val}, LmTrainer
         best, metrics, state = fit_stage(scfg, stage, init, datasets, parent_run_id, trainer)
     log_export(cfg, state.get("mlflow_run_id"), out, best, state["step"])
     return StageResult(stage.name, out, metrics, best)
