@@ -4,7 +4,8 @@ Greedy decoding of one sentence reads every GPT-2 weight once per token, so on a
 (GPT-2 medium in fp32: ~1.4 GB per token). Dynamic int8 quantization of the Linear layers reads a quarter of that.
 PyTorch's eager ``quantize_dynamic`` (fbgemm kernels) is used although upstream now points to torchao: on this
 project's AVX2 development CPU torchao 0.18's eager int8 kernels measured ~1.7x *slower* than fp32, while
-``quantize_dynamic`` was ~6x faster (bench/model.py). Inference only; training keeps fp32 weights.
+``quantize_dynamic`` was ~6x faster (bench/model.py). Inference only; training keeps fp32 weights. Quantization
+runs in place, one layer at a time, so the peak memory stays that of the fp32 model.
 """
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ def _conv1d_to_linear(module: nn.Module) -> None:
     """GPT-2's Conv1D (x @ W + b) -> an equivalent nn.Linear, so the quantizer recognises it."""
     for name, child in module.named_children():
         if isinstance(child, Conv1D):
-            linear = nn.Linear(child.weight.shape[0], child.nf)
+            linear = nn.Linear(child.weight.shape[0], child.nf, device="meta")  # no throw-away initialisation
             linear.weight = nn.Parameter(child.weight.detach().T.contiguous(), requires_grad=False)
-            linear.bias = nn.Parameter(child.bias.detach().clone(), requires_grad=False)
+            linear.bias = nn.Parameter(child.bias.detach(), requires_grad=False)
             setattr(module, name, linear)
         else:
             _conv1d_to_linear(child)
@@ -30,7 +31,8 @@ def _conv1d_to_linear(module: nn.Module) -> None:
 def quantize_for_cpu(model: nn.Module) -> nn.Module:
     """Int8 dynamic quantization of the sentence generator (GPT-2 + prefix encoder), in place; returns the model.
 
-    The tied GPT-2 output head is quantized as a separate copy, so the model cannot be saved or trained afterwards.
+    The tied GPT-2 output head is quantized as its own int8 copy (the fp32 embedding stays for the lookups), so the
+    model cannot be saved or trained afterwards.
     """
     if next(model.parameters()).device.type != "cpu":
         raise ValueError("int8 dynamic quantization runs on the CPU only")
@@ -38,11 +40,11 @@ def quantize_for_cpu(model: nn.Module) -> nn.Module:
 
     gen = model.generator
     _conv1d_to_linear(gen.lm)
-    gen.lm.lm_head = nn.Linear(gen.lm.lm_head.in_features, gen.lm.lm_head.out_features, bias=False)
-    gen.lm.lm_head.weight = nn.Parameter(gen.lm.transformer.wte.weight.detach().clone(), requires_grad=False)
+    gen.lm.lm_head = nn.Linear(gen.lm.lm_head.in_features, gen.lm.lm_head.out_features, bias=False, device="meta")
+    gen.lm.lm_head.weight = nn.Parameter(gen.lm.transformer.wte.weight.detach(), requires_grad=False)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*")
         warnings.filterwarnings("ignore", message=".*quantize.*")
-        model.generator = quantize_dynamic(gen, {nn.Linear}, dtype=torch.qint8)
+        quantize_dynamic(gen, {nn.Linear}, dtype=torch.qint8, inplace=True)
     return model.eval()

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import DynamicCache, GPT2LMHeadModel, NoRepeatNGramLogitsProcessor, PreTrainedTokenizerBase
+from transformers import DynamicCache, GPT2LMHeadModel, PreTrainedTokenizerBase, StaticCache
 
 from chex_model.config import GeneratorConfig
 from chex_model.layers import mlp
@@ -44,6 +44,19 @@ class PrefixEncoder(nn.Module):
         return [(kv[i, 0], kv[i, 1]) for i in range(lay)]
 
 
+def ban_repeated_ngrams(history: Tensor, logits: Tensor, n: int) -> Tensor:
+    """``logits`` ``(B, V)`` with -inf on every token that would repeat an ``n``-gram of ``history`` ``(B, T)``.
+
+    Tensor operations only, so the guard costs no Python work that grows with the sentence (Hugging Face's
+    ``NoRepeatNGramLogitsProcessor`` rebuilds a Python dict of every n-gram at every step)."""
+    if history.shape[1] < n:
+        return logits
+    windows = history.unfold(1, n, 1)  # (B, T - n + 1, n)
+    tail = history[:, history.shape[1] - n + 1:]
+    rows, cols = (windows[..., :-1] == tail[:, None]).all(-1).nonzero(as_tuple=True)
+    return logits.index_put((rows, windows[rows, cols, -1]), logits.new_tensor(float("-inf")))
+
+
 class SentenceGenerator(nn.Module):
     def __init__(self, lm: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, d: int, cfg: GeneratorConfig) -> None:
         super().__init__()
@@ -55,10 +68,18 @@ class SentenceGenerator(nn.Module):
         if self.eos_id is None:
             raise ValueError("the language-model tokenizer needs an end-of-text token")
         self.max_length = min(cfg.max_length, c.n_positions)
-        self.no_repeat = NoRepeatNGramLogitsProcessor(cfg.no_repeat_ngram) if cfg.no_repeat_ngram > 0 else None
 
     def _cache(self, features: Tensor) -> DynamicCache:
         return DynamicCache(ddp_cache_data=self.prefix(features), config=self.lm.config)
+
+    def _static_cache(self, features: Tensor, steps: int) -> StaticCache:
+        """A key/value cache allocated once for prefix + ``steps`` tokens, the prefix projected into it once."""
+        prefix = self.prefix(features)
+        cache = StaticCache(config=self.lm.config, max_cache_len=prefix[0][0].shape[2] + steps)
+        where = {"cache_position": torch.arange(prefix[0][0].shape[2], device=features.device)}
+        for i, (k, v) in enumerate(prefix):
+            cache.update(k, v, i, where)
+        return cache
 
     def encode_targets(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """``bos + sentence + eos`` token ids (right-padded) and their mask; long sentences are truncated."""
@@ -98,26 +119,30 @@ class SentenceGenerator(nn.Module):
         tokens = self._beam(features, steps, num_beams) if num_beams > 1 else self._greedy(features, steps)
         return [s.strip() for s in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
-    def _step(self, ids: Tensor, history: Tensor, cache: DynamicCache, step: int, attn_len: int) -> tuple[Tensor, DynamicCache]:
+    def _step(self, ids: Tensor, history: Tensor, cache: StaticCache, mask: Tensor, step: int) -> Tensor:
         """Next-token logits after ``history`` (``bos`` + tokens so far; its last column is ``ids``), with the
-        repetition guard's banned tokens at -inf."""
-        b = ids.shape[0]
-        out = self.lm(
-            input_ids=ids, cache=cache, use_cache=True,
-            attention_mask=torch.ones(b, attn_len, dtype=torch.long, device=ids.device),
-            position_ids=torch.full((b, 1), step, dtype=torch.long, device=ids.device),
-        )
+        repetition guard's banned tokens at -inf. ``mask`` ``(B, P + steps)`` marks the cache slots in use."""
+        slot = step + self.cfg.prefix_length
+        mask[:, slot] = 1
+        out = self.lm(input_ids=ids, cache=cache, use_cache=True, attention_mask=mask,
+                      position_ids=ids.new_full((ids.shape[0], 1), step), cache_position=ids.new_tensor([slot]))
         logits = out.logits[:, -1].float()
-        return (self.no_repeat(history, logits) if self.no_repeat is not None else logits), out.cache
+        n = self.cfg.no_repeat_ngram
+        return ban_repeated_ngrams(history, logits, n) if n > 0 else logits
+
+    def _start(self, features: Tensor, steps: int) -> tuple[StaticCache, Tensor, Tensor]:
+        """The filled static cache, its slot mask (prefix slots on) and the ``bos`` column, for ``features`` ``(B, d)``."""
+        b, p = features.shape[0], self.cfg.prefix_length
+        mask = torch.zeros(b, p + steps, dtype=torch.long, device=features.device)
+        mask[:, :p] = 1
+        return self._static_cache(features, steps), mask, mask.new_full((b, 1), self.bos_id)
 
     def _greedy(self, features: Tensor, steps: int) -> list[list[int]]:
-        b, p = features.shape[0], self.cfg.prefix_length
-        cache = self._cache(features)
-        ids = torch.full((b, 1), self.bos_id, dtype=torch.long, device=features.device)
+        cache, mask, ids = self._start(features, steps)
         history = ids
-        done = torch.zeros(b, dtype=torch.bool, device=features.device)
+        done = torch.zeros(features.shape[0], dtype=torch.bool, device=features.device)
         for step in range(steps):
-            logits, cache = self._step(ids, history, cache, step, p + step + 1)
+            logits = self._step(ids, history, cache, mask, step)
             ids = logits.argmax(-1, keepdim=True).masked_fill(done[:, None], self.eos_id)
             history = torch.cat((history, ids), dim=1)
             done |= ids[:, 0] == self.eos_id
@@ -128,9 +153,8 @@ class SentenceGenerator(nn.Module):
 
     def _beam(self, features: Tensor, steps: int, k: int) -> list[list[int]]:
         """Beam search with length-normalized final choice; finished beams carry their score unchanged."""
-        b, p, dev = features.shape[0], self.cfg.prefix_length, features.device
-        cache = self._cache(features.repeat_interleave(k, dim=0))
-        ids = torch.full((b * k, 1), self.bos_id, dtype=torch.long, device=dev)
+        b, dev = features.shape[0], features.device
+        cache, mask, ids = self._start(features.repeat_interleave(k, dim=0), steps)
         scores = torch.full((b, k), float("-inf"), device=dev)
         scores[:, 0] = 0.0
         scores = scores.view(-1)
@@ -139,8 +163,7 @@ class SentenceGenerator(nn.Module):
         seqs = torch.zeros(b * k, 0, dtype=torch.long, device=dev)
         for step in range(steps):
             history = torch.cat((torch.full_like(ids, self.bos_id), seqs), dim=1)
-            logits, cache = self._step(ids, history, cache, step, p + step + 1)
-            logp = torch.log_softmax(logits, dim=-1)
+            logp = torch.log_softmax(self._step(ids, history, cache, mask, step), dim=-1)
             logp[done] = float("-inf")
             logp[done, self.eos_id] = 0.0
             cand = (scores[:, None] + logp).view(b, -1)

@@ -16,13 +16,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from chex_model.box_input import Box, validate_box
 from chex_model.image_encoder import encoder_input
+from chex_model.precision import autocast_for
 from chex_model.presence import pair_key, paired_margin, positivity_key
 from chex_model.prompts import PromptSet, load_prompt_set, negative
 from preprocessing.box_geometry import crop_frame
 from preprocessing.image_io import load_resized, resize_center_crop
 
-Box = tuple[float, float, float, float]
 
 
 @dataclass
@@ -137,7 +138,7 @@ def _eval(model: torch.nn.Module) -> Iterator[None]:
     was = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast_for(model):
             yield
     finally:
         model.train(was)
@@ -145,15 +146,6 @@ def _eval(model: torch.nn.Module) -> Iterator[None]:
 
 def _rounded(t: Tensor) -> list:
     return np.round(t.detach().cpu().double().numpy(), 4).tolist()
-
-
-def validate_box(box: Sequence[float]) -> Box:
-    if len(box) != 4:
-        raise ValueError(f"a box is 4 numbers cx,cy,w,h; got {len(box)}")
-    cx, cy, w, h = (float(v) for v in box)
-    if not all(0.0 <= v <= 1.0 for v in (cx, cy, w, h)) or w <= 0 or h <= 0:
-        raise ValueError(f"box {cx},{cy},{w},{h} must be normalized: cx, cy in [0, 1], w, h in (0, 1]")
-    return cx, cy, w, h
 
 
 def query(
@@ -270,7 +262,7 @@ def report(model, image: ImageInput, prompt_set: PromptSet | str | Path = "repor
         pairs = [(i, s) for i, s in zip(keep, sentences) if s]
         if len(pairs) > 1:
             emb = F.normalize(model.encode_prompts([s for _, s in pairs]), dim=-1)
-            sim = ((emb @ emb.T + 1) / 2).cpu().numpy()
+            sim = ((emb @ emb.T + 1) / 2).float().cpu().numpy()
             weights = [float(det.score[0, i]) for i, _ in pairs]
             pairs = [pairs[k] for k in remove_near_duplicates(sim, weights, ps.dedup.strict, ps.dedup.loose, ps.dedup.max_sentences)]
         out = [

@@ -8,11 +8,13 @@ from pathlib import Path
 
 from pipelines.cli.args import UsageError, positive
 
+PRECISIONS = ("auto", "fp32", "bf16", "int8")  # chex_model.precision.PRECISIONS, kept here so --help imports no torch
+
 MODEL_ENV = "CHEX_MODEL"
 
 
 def _box(text: str) -> tuple[float, float, float, float]:
-    from chex_model.inference import validate_box
+    from chex_model.box_input import validate_box
 
     try:
         return validate_box([float(v) for v in text.split(",")])
@@ -35,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--out", type=Path, default=None, help="also draw the answers on the X-ray into this PNG")
     q.add_argument("--beams", type=positive, default=1, help="beam width (1 = greedy)")
     q.add_argument("--max-tokens", type=positive, default=None, help="longest sentence in tokens")
-    q.add_argument("--int8", action="store_true", help="int8 language model on the CPU (~3x faster generation)")
+    q.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="weights for inference: auto (int8 on an x86 CPU, bf16 on a GPU), fp32, bf16 or int8")
     q.set_defaults(run=run_query)
 
 
@@ -58,21 +61,22 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[list, Path]:
 
 
 def run_query(args: argparse.Namespace) -> None:
+    box_prompts, model_dir = _checked_inputs(args)  # before the heavy imports: a bad argument answers at once
     from chex_model.chex import ChEX
     from chex_model.draw import Annotation, render
     from chex_model.inference import prepare_image
+    from chex_model.precision import apply_precision
     from preprocessing.image_io import ImageDecodeError
 
-    box_prompts, model_dir = _checked_inputs(args)
     model = ChEX.from_pretrained(model_dir)
     try:  # the very pixels ingest would store for this file (same decode, same resize)
         prepared = prepare_image(args.image, model.image_encoder.image_size)
     except (ImageDecodeError, ValueError, OSError) as exc:
         raise UsageError(f"cannot read image {args.image}: {exc}") from None
-    if args.int8:
-        from chex_model.cpu_inference import quantize_for_cpu
-
-        quantize_for_cpu(model)
+    try:
+        apply_precision(model, args.precision)
+    except ValueError as exc:
+        raise UsageError(f"argument --precision: {exc}") from None
     out: dict = {"image": str(args.image), "model": str(model_dir)}
     notes: list[Annotation] = []
     gen = {"max_new_tokens": args.max_tokens, "num_beams": args.beams}

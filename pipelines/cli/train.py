@@ -26,11 +26,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
+    config = existing(args.config, "--config")  # before the heavy imports: a missing file answers at once
     from pipelines.ray_runtime import init_ray
     from pipelines.training.config import load_train_config
     from pipelines.training.stages import run_workflow
 
-    cfg = load_train_config(existing(args.config, "--config"))
+    cfg = load_train_config(config)
     if args.workers:
         cfg.workers = args.workers
     if args.gpus:
@@ -46,9 +47,10 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_tune(args: argparse.Namespace) -> None:
+    config = existing(args.config, "--config")
     from pipelines.training.sweep import load_sweep_config, run_sweep
 
-    sweep = load_sweep_config(existing(args.config, "--config"))
+    sweep = load_sweep_config(config)
     if args.samples:
         sweep.num_samples = args.samples
     res = run_sweep(sweep, args.address)
