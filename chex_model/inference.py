@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from chex_model.box_input import Box, validate_box
+from chex_model.box_input import validate_box
 from chex_model.image_encoder import encoder_input
 from chex_model.precision import autocast_for
 from chex_model.presence import pair_key, paired_margin, positivity_key
