@@ -40,6 +40,15 @@ def paired_iou(a: Tensor, b: Tensor) -> Tensor:
     return inter / (box_area(a) + box_area(b) - inter).clamp(min=1e-12)
 
 
+def paired_generalized_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Generalized IoU of xyxy boxes ``a[..., 4]`` and ``b[..., 4]`` pair by pair (broadcasting): ``(...)``."""
+    lt, rb = torch.maximum(a[..., :2], b[..., :2]), torch.minimum(a[..., 2:], b[..., 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    union = box_area(a) + box_area(b) - inter
+    hull = (torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])).clamp(min=0).prod(-1)
+    return inter / union.clamp(min=1e-12) - (hull - union) / hull.clamp(min=1e-12)
+
+
 def generalized_box_iou(a: Tensor, b: Tensor) -> Tensor:
     """Pairwise generalized IoU (Rezatofighi et al. 2019) of xyxy boxes, in [-1, 1]."""
     inter, union = _inter_union(a, b)

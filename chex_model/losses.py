@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -24,20 +25,30 @@ def focal_loss(probs: Tensor, targets: Tensor, gamma: float) -> Tensor:
     return torch.where(targets > 0.5, pos, neg).mean()
 
 
-def match_prompt_boxes(
-    boxes: Tensor, scores: Tensor, targets: Tensor, cfg: LossConfig, cls_prob: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Match one prompt's ``boxes (M, 4)`` to ``targets (T, 4)`` (cx, cy, w, h) by 5 L1 + 2 (1 - gIoU) + 1 (1 - p_cls)
-    + 3 (1 - score); see :func:`~chex_model.matcher.balanced_match`."""
+def match_boxes(
+    boxes: Tensor, scores: Tensor, targets: Tensor, target_mask: Tensor, prompt_mask: Tensor, cfg: LossConfig,
+    cls_prob: Tensor | None = None,
+) -> np.ndarray:
+    """Match every supervised prompt's boxes to its targets by 5 L1 + 2 (1 - gIoU) + 1 (1 - p_cls) + 3 (1 - score)
+    (see :func:`~chex_model.matcher.balanced_match`): rows ``(n, q, box, target, first_copy)``, int64.
+
+    All cost matrices come from one batched computation and one host transfer; only the assignment solves run per
+    prompt. Shapes as in :func:`detection_losses`; ``cls_prob (N, Q, M)``."""
     with torch.no_grad():
-        cost = cfg.match_l1 * torch.cdist(boxes.float(), targets.float(), p=1)
-        giou = box_ops.generalized_box_iou(box_ops.cxcywh_to_xyxy(boxes.float()), box_ops.cxcywh_to_xyxy(targets.float()))
-        cost = cost + cfg.match_giou * (1 - giou) + cfg.match_score * (1 - scores.float())[:, None]
+        b, t = boxes.detach().float()[..., :, None, :], targets.detach().float()[..., None, :, :]
+        cost = cfg.match_l1 * (b - t).abs().sum(-1)  # (N, Q, M, T)
+        cost += cfg.match_giou * (1 - box_ops.paired_generalized_iou(box_ops.cxcywh_to_xyxy(b), box_ops.cxcywh_to_xyxy(t)))
+        cost += cfg.match_score * (1 - scores.detach().float())[..., None]
         if cls_prob is not None:
-            cost = cost + cfg.match_cls * (1 - cls_prob.float())[:, None]
-    pred, tgt, first = balanced_match(cost.cpu().numpy())
-    dev = boxes.device
-    return torch.from_numpy(pred).to(dev), torch.from_numpy(tgt).to(dev), torch.from_numpy(first).to(dev)
+            cost += cfg.match_cls * (1 - cls_prob.detach().float())[..., None]
+        valid = (target_mask & prompt_mask[..., None])[:, :, None, :]
+        cost = cost.masked_fill(~valid, float("inf")).cpu().numpy()
+    rows = []
+    for n, q in zip(*np.nonzero(np.isfinite(cost[:, :, 0]).any(-1))):
+        cols = np.flatnonzero(np.isfinite(cost[n, q, 0]))
+        pred, tgt, first = balanced_match(cost[n, q][:, cols])
+        rows.append(np.stack([np.full_like(pred, n), np.full_like(pred, q), pred, cols[tgt], first], axis=1))
+    return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 5), np.int64)
 
 
 @dataclass
@@ -69,28 +80,23 @@ def detection_losses(
     """
     score_target = torch.zeros_like(scores)
     assigned, assigned_mask = torch.zeros_like(boxes).detach(), torch.zeros_like(scores, dtype=torch.bool)
-    pred_boxes, tgt_boxes, weights = [], [], []
-    for n, q in prompt_mask.nonzero().tolist():
-        tgt = targets[n, q][target_mask[n, q]]
-        if len(tgt) == 0:
-            continue
-        cp = None if cls_prob is None else cls_prob[n, q]
-        pi, ti, first = match_prompt_boxes(boxes[n, q].detach(), scores[n, q].detach(), tgt, cfg, cp)
-        pred_boxes.append(boxes[n, q][pi])
-        tgt_boxes.append(tgt[ti])
-        once = mean_per_prompt is not None and bool(mean_per_prompt[q])
-        weights.append(torch.full((len(pi),), cfg.multi_region_weight / len(pi) if once else 1.0, device=boxes.device))
-        score_target[n, q, pi[first]] = 1.0
-        assigned[n, q, pi], assigned_mask[n, q, pi] = tgt[ti].to(assigned), True
+    matches = torch.from_numpy(match_boxes(boxes, scores, targets, target_mask, prompt_mask, cfg, cls_prob))
+    n, q, p, t, first = matches.to(boxes.device).unbind(1)
+    first = first.bool()
+    pb, tb = boxes[n, q, p], targets[n, q, t].to(boxes.dtype)
+    w = torch.ones(len(n), device=boxes.device)
+    if mean_per_prompt is not None and len(n):  # a multi-region prompt counts as its mean, weighted once
+        key = n * prompt_mask.shape[1] + q
+        per_prompt = torch.bincount(key)[key].float()
+        w = torch.where(mean_per_prompt[q].bool(), cfg.multi_region_weight / per_prompt, w)
+    score_target[n[first], q[first], p[first]] = 1.0
+    assigned[n, q, p], assigned_mask[n, q, p] = tb.detach(), True
     sel = prompt_mask[..., None].expand_as(scores)
     out = {"score": focal_loss(scores[sel], score_target[sel], cfg.focal_gamma) if sel.any() else scores.sum() * 0}
-    if pred_boxes:
-        pb = torch.cat(pred_boxes)
-        tb = torch.cat(tgt_boxes).to(pb.dtype)
-        w = torch.cat(weights).to(pb.dtype)
-        w = w / w.sum()
+    if len(n):
+        w = (w / w.sum()).to(pb.dtype)
         out["l1"] = ((pb - tb).abs().sum(-1) * w).sum()
-        giou = torch.diag(box_ops.generalized_box_iou(box_ops.cxcywh_to_xyxy(pb), box_ops.cxcywh_to_xyxy(tb)))
+        giou = box_ops.paired_generalized_iou(box_ops.cxcywh_to_xyxy(pb), box_ops.cxcywh_to_xyxy(tb))
         out["giou"] = ((1 - giou) * w).sum()
     else:
         out["l1"] = out["giou"] = boxes.sum() * 0

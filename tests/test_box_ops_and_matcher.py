@@ -90,3 +90,16 @@ def test_balanced_match_is_optimal_and_covers_targets(shape: tuple[int, int]) ->
         assert first.sum() == min(p, t)
         if p >= t:
             assert set(tgt.tolist()) == set(range(t))
+
+
+def test_paired_generalized_iou_is_the_diagonal_of_the_pairwise_one() -> None:
+    import torch
+
+    from chex_model import box_ops
+
+    g = torch.Generator().manual_seed(0)
+    a = box_ops.cxcywh_to_xyxy(torch.rand(50, 4, generator=g) * 0.5 + 0.2)
+    b = box_ops.cxcywh_to_xyxy(torch.rand(50, 4, generator=g) * 0.5 + 0.2)
+    paired = box_ops.paired_generalized_iou(a, b)
+    assert torch.allclose(paired, torch.diag(box_ops.generalized_box_iou(a, b)), atol=1e-6)
+    assert torch.allclose(box_ops.paired_generalized_iou(a[:, None], b[None]), box_ops.generalized_box_iou(a, b), atol=1e-6)
