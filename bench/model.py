@@ -29,7 +29,7 @@ REFERENCE = {  # chex-reference.md §7.1: seconds and peak GB of the unmodified 
     "Intel": {"detect": (0.86, 2.4), "generate": (9.9, 19.2), "boxes": (0.12, None), "decode": (0.061, None),
               "text": (1.42, 4.8), "report": (4.08 + 0.74, 5.1)},
 }
-WORKLOADS = ("detect", "generate", "infer-fp32", "infer-bf16", "infer-int8")
+WORKLOADS = ("detect", "detect-bf16", "generate", "generate-bf16", "infer-fp32", "infer-bf16", "infer-int8")
 
 
 def _peak_gb() -> float:
@@ -37,7 +37,13 @@ def _peak_gb() -> float:
 
 
 def train_step(preset_name: str, workload: str, repeats: int) -> list[dict]:
+    """One optimizer step; a ``-bf16`` workload runs the forward under the trainer's CPU bf16 autocast
+    (``cpu_bf16: true``), which is off where the CPU has no native bf16."""
     import torch
+
+    from chex_model.precision import cpu_has_bf16, training_autocast
+
+    workload, bf16 = workload.removesuffix("-bf16"), workload.endswith("-bf16")
 
     from bench.workloads import build, detect_loss, freeze_for, generate_loss, median_time, reference_texts, target_tokens
 
@@ -49,7 +55,8 @@ def train_step(preset_name: str, workload: str, repeats: int) -> list[dict]:
     texts = reference_texts(model)
 
     def step() -> None:
-        loss = detect_loss(model, images) if workload == "detect" else generate_loss(model, images, texts)
+        with training_autocast(images.device, bf16):
+            loss = detect_loss(model, images) if workload == "detect" else generate_loss(model, images, texts)
         opt.zero_grad(set_to_none=False)  # gradients allocated once, reused every step
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
@@ -58,7 +65,8 @@ def train_step(preset_name: str, workload: str, repeats: int) -> list[dict]:
     t = median_time(step, repeats if workload == "detect" else max(1, repeats // 2))
     what = ("4 images x 20 anatomy prompts" if workload == "detect"
             else f"{len(texts)} sentences, {target_tokens(model, texts)} tokens")
-    return [{"key": workload, "row": f"train step: {workload} ({what})", "s": t}]
+    tag = " [bf16 autocast]" if bf16 and cpu_has_bf16() else " [bf16 asked, CPU lacks it: fp32]" if bf16 else ""
+    return [{"key": workload, "row": f"train step: {workload} ({what}){tag}", "s": t}]
 
 
 def bytes_per_token(lm) -> int:

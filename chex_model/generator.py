@@ -116,7 +116,11 @@ class SentenceGenerator(nn.Module):
         if features.shape[0] == 0:
             return []
         steps = min(max_new_tokens or self.max_length, self.max_length - 1)
-        tokens = self._beam(features, steps, num_beams) if num_beams > 1 else self._greedy(features, steps)
+        # the language model runs in its own weights' precision (fp32 beside int8 layers, or bf16), whatever the
+        # precision of the vision side that made the ROI tokens
+        features = features.to(self.lm.transformer.wte.weight.dtype)
+        with torch.autocast(features.device.type, enabled=False):
+            tokens = self._beam(features, steps, num_beams) if num_beams > 1 else self._greedy(features, steps)
         return [s.strip() for s in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
     def _step(self, ids: Tensor, history: Tensor, cache: StaticCache, mask: Tensor, step: int) -> Tensor:

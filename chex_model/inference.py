@@ -186,7 +186,7 @@ def query(
             tokens = torch.zeros(1, len(texts), model.cfg.d_model, device=dev)
             with_text = [i for i, t in enumerate(texts) if t]
             if with_text:
-                tokens[0, with_text] = model.encode_prompts([texts[i] for i in with_text])
+                tokens[0, with_text] = model.encode_prompts([texts[i] for i in with_text]).to(tokens.dtype)
             features.append(model.encode_boxes(feats, crop, prompts=tokens, has_prompt=has_prompt)[0])
             for b, text in zip(all_boxes, texts):
                 results.append(QueryResult(text or None, list(b), list(b), None, [list(b)], [], ""))

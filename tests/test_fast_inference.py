@@ -49,6 +49,7 @@ def test_static_cache_decoding_equals_recomputing_every_step(no_repeat: int) -> 
     cfg = tiny_config()
     cfg.generator.no_repeat_ngram = no_repeat
     gen = ChEX.build(cfg).generator.eval()
+    assert gen.lm.config._attn_implementation == "sdpa"  # fused scaled-dot-product attention, not the eager matmuls
     gen.eos_id = -1 if no_repeat else gen.eos_id  # random weights: without stopping, every step is compared
     features = torch.randn(5, gen.prefix.net[0].in_features) * 3
     with torch.no_grad():
@@ -104,3 +105,27 @@ def test_a_bad_argument_is_answered_before_torch_is_imported(argv: list[str]) ->
     out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=root)
     assert out.stdout.strip() == "exit 2 False", (out.stdout, out.stderr[-800:])
     assert len(out.stderr.strip().splitlines()) == 1 and "error" in out.stderr
+
+
+def test_cpu_bf16_training_autocast_computes_the_same_losses() -> None:
+    from chex_model.precision import cpu_has_bf16, training_autocast
+    from model_support import phantom_batch
+
+    torch.manual_seed(0)
+    model = ChEX.build(tiny_config()).train()
+    batch = phantom_batch()
+    torch.manual_seed(1)
+    plain = model(batch)
+    probe = torch.nn.Linear(4, 4)
+    with training_autocast(torch.device("cpu"), True):
+        torch.manual_seed(1)
+        fast = model(batch)
+        dtype = probe(torch.ones(1, 4)).dtype
+    if not cpu_has_bf16():  # emulated bf16 would be slower: autocast stays off
+        assert dtype == torch.float32
+        return
+    assert dtype == torch.bfloat16
+    for k in plain:
+        assert float(fast[k]) == pytest.approx(float(plain[k]), rel=0.1, abs=0.05), k
+    with training_autocast(torch.device("cpu"), False):
+        assert probe(torch.ones(1, 4)).dtype == torch.float32

@@ -144,6 +144,7 @@ class TrainConfig:
     engine: str = "deepspeed"  # "deepspeed" (ZeRO per the JSON below) or "ddp" (plain PyTorch DDP, fp32)
     grad_clip: float = 1.0  # gradient-norm clipping for both engines (written into the DeepSpeed config)
     deepspeed: str = "configs/deepspeed/zero2_cpu.json"
+    cpu_bf16: bool = False  # bf16 autocast of the forward on a CPU with native bf16 (AVX-512 BF16 / AMX); fp32 weights
     # Ray Train / Tune storage for checkpoints and run state: "" = <workdir>/ray; on a multi-node cluster a path every
     # node sees (NFS / EFS mount) or a pyarrow URI such as s3://bucket/chex/ray
     storage_path: str = ""

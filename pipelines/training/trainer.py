@@ -18,6 +18,7 @@ import torch
 from chex_model.chex import ANCHOR, ChEX
 from chex_model.image_encoder import normalize
 from chex_model.multitask import Batch
+from chex_model.precision import training_autocast
 from pipelines.tracking import Tracking, flatten, log_dataset
 from pipelines.training.collate import collate
 from pipelines.training.config import DataConfig, StageConfig, TrainConfig
@@ -285,7 +286,8 @@ class StageTrainer:
         cfg, step = self.cfg, self.state["step"]
         rng = np.random.default_rng([cfg.data.seed, step, self.rank, i])
         torch.manual_seed(cfg.data.seed * 1_000_003 + step * 101 + self.rank * 7 + i)
-        losses = self.losses(nb, rng)
+        with training_autocast(self.device, cfg.cpu_bf16):
+            losses = self.losses(nb, rng)
         loss = weighted_loss(losses, self.stage.loss_weights)
         for k, v in (("loss", loss), *((f"train/{k}", v) for k, v in losses.items() if k != ANCHOR)):
             self.sums[k] = self.sums.get(k, 0.0) + v.item()
