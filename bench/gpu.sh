@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks in one prepared run (< 10 min on an H100/H200-class GPU): paper-preset query and report in bf16,
 # stage-1 and generation steps under DeepSpeed ZeRO-2 bf16, the step's samples/s. Without a GPU it runs the same
-# paths on the tiny preset on the CPU. Wheels the GPU image lacks (DeepSpeed and its needs) may wait in .whl/.
+# paths on the tiny preset on the CPU. Wheels the GPU image lacks may wait in .whl/: DeepSpeed (`pip wheel --no-deps
+# deepspeed==0.19.8`), hjson, pydantic, pydantic-core, annotated-types, typing-inspection, pydicom, pylibjpeg*.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
