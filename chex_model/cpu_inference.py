@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import warnings
 
-import torch
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 from torch.ao.quantization import default_dynamic_qconfig
