@@ -54,8 +54,11 @@ def resolve_precision(requested: str, device: torch.device | str = "cpu") -> str
 
 
 def _to_bf16(module: nn.Module) -> None:
-    """bf16 weights, normalizations kept fp32 (PyTorch's CPU kernels take bf16 inputs with fp32 parameters)."""
+    """bf16 weights; on a CPU the normalizations stay fp32 (its kernels take bf16 inputs with fp32 parameters, CUDA's
+    do not)."""
     module.to(torch.bfloat16)
+    if next(module.parameters()).device.type != "cpu":
+        return
     for m in module.modules():
         if isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
             m.float()

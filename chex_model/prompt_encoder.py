@@ -9,7 +9,6 @@ from torch import Tensor, nn
 from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerBase
 
 
-
 class PromptEncoder(nn.Module):
     """``encode(["Pleural effusion", ...]) -> (Q, d)``; always frozen and in eval mode.
 
@@ -37,6 +36,12 @@ class PromptEncoder(nn.Module):
 
     def clear_cache(self) -> None:
         self._cache.clear()
+
+    def _apply(self, fn, recurse: bool = True) -> "PromptEncoder":
+        """A move or cast (``.to``, ``.bfloat16()``, DeepSpeed's bf16 wrap) drops the cache: its embeddings were made
+        by the weights as they were, in their dtype and on their device."""
+        self._cache.clear()
+        return super()._apply(fn, recurse)
 
     @torch.no_grad()
     def _encode(self, texts: list[str]) -> dict[str, Tensor]:

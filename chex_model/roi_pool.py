@@ -22,7 +22,9 @@ def gaussian_roi_weights(boxes: Tensor, grid_h: int, grid_w: int, beta: float = 
 
 
 def gaussian_roi_pool(features: Tensor, boxes: Tensor, beta: float = 2.0) -> Tensor:
-    """Pool ``features (N, h, w, d)`` under ``boxes (N, K, 4)`` -> ``(N, K, d)`` (weighted mean over patch cells)."""
+    """Pool ``features (N, h, w, d)`` under ``boxes (N, K, 4)`` -> ``(N, K, d)`` (weighted mean over patch cells).
+
+    The weights are computed in the boxes' precision and then take the features' (bf16 under DeepSpeed)."""
     n, gh, gw, d = features.shape
-    weights = gaussian_roi_weights(boxes, gh, gw, beta)
+    weights = gaussian_roi_weights(boxes, gh, gw, beta).to(features.dtype)
     return torch.bmm(weights, features.reshape(n, gh * gw, d))

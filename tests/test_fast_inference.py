@@ -129,3 +129,23 @@ def test_cpu_bf16_training_autocast_computes_the_same_losses() -> None:
         assert float(fast[k]) == pytest.approx(float(plain[k]), rel=0.1, abs=0.05), k
     with training_autocast(torch.device("cpu"), False):
         assert probe(torch.ones(1, 4)).dtype == torch.float32
+
+
+def test_a_model_held_entirely_in_bf16_trains_as_deepspeed_bf16_holds_it() -> None:
+    """DeepSpeed's bf16 engine casts every parameter, norms included, to bf16 (the GPU step of bench/gpu.sh): the
+    multitask losses (fp32 box targets pooled from bf16 features) stay close to fp32's and back-propagate."""
+    from model_support import phantom_batch
+
+    torch.manual_seed(0)
+    model = ChEX.build(tiny_config()).train()
+    batch = phantom_batch()
+    torch.manual_seed(1)
+    plain = model(batch)
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    batch.images = batch.images.bfloat16()  # the trainer's _batch_to: images in the engine's dtype, targets fp32
+    torch.manual_seed(1)
+    fast = half(batch)
+    sum(fast.values()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in half.generator.parameters() if p.requires_grad)
+    for k in plain:
+        assert float(fast[k]) == pytest.approx(float(plain[k]), rel=0.1, abs=0.05), k

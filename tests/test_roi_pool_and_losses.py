@@ -42,6 +42,15 @@ def test_pooling_is_differentiable_in_the_box() -> None:
     assert boxes.grad is not None and boxes.grad.abs().sum() > 0
 
 
+def test_bf16_features_pool_under_fp32_boxes_like_fp32() -> None:
+    """DeepSpeed bf16 holds the patch features in bf16 while boxes come from the data in fp32."""
+    feats = torch.randn(2, 7, 7, 8)
+    boxes = torch.tensor([[[0.4, 0.5, 0.3, 0.3], [0.7, 0.2, 0.1, 0.4]]]).expand(2, -1, -1)
+    pooled = gaussian_roi_pool(feats.bfloat16(), boxes)
+    assert pooled.dtype == torch.bfloat16
+    torch.testing.assert_close(pooled.float(), gaussian_roi_pool(feats, boxes), rtol=0.02, atol=0.02)
+
+
 def test_focal_loss_matches_the_formula() -> None:
     p = torch.tensor([0.9, 0.2, 0.6, 0.05])
     y = torch.tensor([1.0, 0.0, 0.0, 1.0])
