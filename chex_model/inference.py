@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +134,8 @@ class Report:
 
 
 @contextlib.contextmanager
-def _eval(model: torch.nn.Module) -> Iterator[None]:
+def inference_context(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode, no autograd, and the model's precision autocast; training mode is restored after."""
     was = model.training
     model.eval()
     try:
@@ -148,6 +149,74 @@ def _rounded(t: Tensor) -> list:
     return np.round(t.detach().cpu().double().numpy(), 4).tolist()
 
 
+def encode_images(model, preps: Sequence[PreparedImage]) -> list:
+    """One encoder pass over several prepared images -> each image's features (a batch of one each)."""
+    feats = model.encode_image(encoder_input([p.square for p in preps], model.image_encoder.image_size, model.cfg.image,
+                                             model.device))
+    return [replace(feats, patches=feats.patches[i: i + 1], global_token=feats.global_token[i: i + 1])
+            for i in range(len(preps))]
+
+
+@dataclass
+class QueryPlan:
+    """A query grounded on its image: the results without sentences, and one ROI token per result to describe."""
+
+    results: list[QueryResult]
+    features: Tensor  # (len(results), d)
+
+
+def ground_query(
+    model, feats, prep: PreparedImage, prompts: Sequence[str] = (), boxes: Sequence[Sequence[float]] = (),
+    box_prompts: Sequence[tuple[Sequence[float], str]] = (), classes: Sequence[tuple[str, str]] = (),
+) -> QueryPlan:
+    """Everything of :func:`query` before the language model (call inside :func:`inference_context`)."""
+    all_boxes = [validate_box(b) for b in boxes] + [validate_box(b) for b, _ in box_prompts]
+    if not prompts and not all_boxes:
+        raise ValueError("give at least one prompt or box")
+    results: list[QueryResult] = []
+    features = []
+    if prompts:
+        det = model.detect(feats, model.encode_prompts(list(prompts))[None])
+        features.append(det.features[0])
+        negatives = [negative(t) for t in prompts]
+        presence = model.presence(det.detector_features[0], list(prompts), negatives).tolist()
+        for i, text in enumerate(prompts):
+            calibrated = pair_key(text, negatives[i]) in model.presence_calibration
+            results.append(QueryResult(
+                text, None, _rounded(prep.from_crop(det.box[0, i])), round(float(det.score[0, i]), 4),
+                _rounded(prep.from_crop(det.boxes[0, i])), _rounded(det.box_scores[0, i]), "",
+                presence=round(presence[i], 4) if calibrated else None,
+            ))
+    if all_boxes:
+        texts = [""] * len(boxes) + [t for _, t in box_prompts]
+        features.append(_box_features(model, feats, prep, all_boxes, texts))
+        results += [QueryResult(text or None, list(b), list(b), None, [list(b)], [], "") for b, text in zip(all_boxes, texts)]
+    feat = torch.cat(features)
+    if classes:
+        probs = model.classify(feat, model.encode_prompts([p for p, _ in classes]), model.encode_prompts([n for _, n in classes]))
+        for r, row in zip(results, probs.tolist()):
+            r.probabilities = {pos: round(p, 4) for (pos, _), p in zip(classes, row)}
+    return QueryPlan(results, feat)
+
+
+def _box_features(model, feats, prep: PreparedImage, boxes: list, texts: list[str]) -> Tensor:
+    """ROI tokens of given image-normalized boxes, each fused with its text where it has one."""
+    dev = model.device
+    crop = prep.to_crop(torch.tensor(boxes, dtype=torch.float32, device=dev))[None]
+    has_prompt = torch.tensor([bool(t) for t in texts], device=dev)[None]
+    tokens = torch.zeros(1, len(texts), model.cfg.d_model, device=dev)
+    with_text = [i for i, t in enumerate(texts) if t]
+    if with_text:
+        tokens[0, with_text] = model.encode_prompts([texts[i] for i in with_text]).to(tokens.dtype)
+    return model.encode_boxes(feats, crop, prompts=tokens, has_prompt=has_prompt)[0]
+
+
+def finish_query(plan: QueryPlan, sentences: Sequence[str]) -> list[QueryResult]:
+    for r, sentence in zip(plan.results, sentences):
+        r.sentence = sentence
+    return plan.results
+
+
 def query(
     model, image: ImageInput, prompts: Sequence[str] = (), boxes: Sequence[Sequence[float]] = (),
     box_prompts: Sequence[tuple[Sequence[float], str]] = (), classes: Sequence[tuple[str, str]] = (),
@@ -158,46 +227,14 @@ def query(
     (positive, negative) prompt pairs each result is scored against. A text prompt the model has calibrated against
     its "No ..." form (the report's pathology queries) also gets its ``presence``: the sentence describes what the
     prompt asks for, the presence says whether it is there."""
-    all_boxes = [validate_box(b) for b in boxes] + [validate_box(b) for b, _ in box_prompts]
-    if not prompts and not all_boxes:
+    for b in [*boxes, *(b for b, _ in box_prompts)]:
+        validate_box(b)  # a bad box fails before the image is decoded
+    if not prompts and not boxes and not box_prompts:
         raise ValueError("give at least one prompt or box")
     prep = prepare_image(image, model.image_encoder.image_size)
-    dev = model.device
-    with _eval(model):
-        feats = model.encode_image(encoder_input([prep.square], prep.square.shape[0], model.cfg.image, dev))
-        results: list[QueryResult] = []
-        features = []
-        if prompts:
-            det = model.detect(feats, model.encode_prompts(list(prompts))[None])
-            features.append(det.features[0])
-            negatives = [negative(t) for t in prompts]
-            presence = model.presence(det.detector_features[0], list(prompts), negatives).tolist()
-            for i, text in enumerate(prompts):
-                calibrated = pair_key(text, negatives[i]) in model.presence_calibration
-                results.append(QueryResult(
-                    text, None, _rounded(prep.from_crop(det.box[0, i])), round(float(det.score[0, i]), 4),
-                    _rounded(prep.from_crop(det.boxes[0, i])), _rounded(det.box_scores[0, i]), "",
-                    presence=round(presence[i], 4) if calibrated else None,
-                ))
-        if all_boxes:
-            crop = prep.to_crop(torch.tensor(all_boxes, dtype=torch.float32, device=dev))[None]
-            texts = [""] * len(boxes) + [t for _, t in box_prompts]
-            has_prompt = torch.tensor([bool(t) for t in texts], device=dev)[None]
-            tokens = torch.zeros(1, len(texts), model.cfg.d_model, device=dev)
-            with_text = [i for i, t in enumerate(texts) if t]
-            if with_text:
-                tokens[0, with_text] = model.encode_prompts([texts[i] for i in with_text]).to(tokens.dtype)
-            features.append(model.encode_boxes(feats, crop, prompts=tokens, has_prompt=has_prompt)[0])
-            for b, text in zip(all_boxes, texts):
-                results.append(QueryResult(text or None, list(b), list(b), None, [list(b)], [], ""))
-        feat = torch.cat(features)
-        for r, sentence in zip(results, model.generate(feat, max_new_tokens, num_beams)):
-            r.sentence = sentence
-        if classes:
-            probs = model.classify(feat, model.encode_prompts([p for p, _ in classes]), model.encode_prompts([n for _, n in classes]))
-            for r, row in zip(results, probs.tolist()):
-                r.probabilities = {pos: round(p, 4) for (pos, _), p in zip(classes, row)}
-    return results
+    with inference_context(model):
+        plan = ground_query(model, encode_images(model, [prep])[0], prep, prompts, boxes, box_prompts, classes)
+        return finish_query(plan, model.generate(plan.features, max_new_tokens, num_beams))
 
 
 def remove_near_duplicates(similarity: np.ndarray, weights: Sequence[float], strict: float, loose: float, max_kept: int) -> list[int]:
@@ -216,6 +253,70 @@ def remove_near_duplicates(similarity: np.ndarray, weights: Sequence[float], str
     return kept
 
 
+@dataclass
+class ReportPlan:
+    """A report grounded on its image: which queries get a sentence, from which ROI token, and what scores them."""
+
+    prompt_set: PromptSet
+    prep: PreparedImage
+    keep: list[int]  # query indices that get a sentence
+    features: Tensor  # (len(keep), d)
+    box: Tensor  # (Q, 4) crop-normalized
+    score: Tensor  # (Q,)
+    abnormal: Tensor  # (Q,)
+    absent: list[bool]  # per pathology query: classified absent (its sentence states the absence)
+    told: list[bool]  # per pathology query: called either way
+
+
+def plan_report(model, feats, prep: PreparedImage, ps: PromptSet) -> ReportPlan:
+    """Everything of :func:`report` before the language model (call inside :func:`inference_context`)."""
+    queries = ps.pathology + ps.anatomy
+    n_patho, gated = len(ps.pathology), bool(ps.pathology_negative)
+    det = model.detect(feats, model.encode_prompts(queries + ps.pathology_negative)[None])
+    feat = det.features[0, : len(queries)].clone()
+    abnormal = torch.ones(len(queries), device=feat.device)
+    if ps.anatomy:
+        pos = model.encode_prompts(ps.positivity.positive).mean(0, keepdim=True)
+        neg = model.encode_prompts(ps.positivity.negative).mean(0, keepdim=True)
+        margin = paired_margin(det.detector_features[0, n_patho: len(queries)], pos.expand(len(ps.anatomy), -1),
+                               neg.expand(len(ps.anatomy), -1))
+        keys = [pair_key(q, positivity_key(ps.positivity.positive, ps.positivity.negative)) if ps.calibrated else ""
+                for q in ps.anatomy]
+        abnormal[n_patho:] = model.calibrated(margin, keys, model.classify(feat[n_patho:], pos, neg)[:, 0])
+    told, absent = [True] * n_patho, [False] * n_patho
+    if gated:
+        p = model.presence(det.detector_features[0, :n_patho], ps.pathology, ps.pathology_negative)
+        abnormal[:n_patho] = p
+        is_absent, present = p < ps.pathology_absent_below, p >= ps.pathology_threshold
+        if ps.normal_query:  # "no finding" cannot be said while a finding is not ruled out
+            j = ps.pathology.index(ps.normal_query)
+            present[j] &= bool(torch.cat((is_absent[:j], is_absent[j + 1:])).all())
+        feat[:n_patho][is_absent] = det.features[0, len(queries):][is_absent]
+        told, absent = (is_absent | present).tolist(), is_absent.tolist()
+    keep = [i for i in range(n_patho) if told[i]] + [i for i in range(n_patho, len(queries)) if abnormal[i] >= ps.positivity.threshold]
+    return ReportPlan(ps, prep, keep, feat[keep], det.box[0], det.score[0], abnormal, absent, told)
+
+
+def finish_report(model, plan: ReportPlan, sentences: Sequence[str]) -> Report:
+    """The plan's sentences, near duplicates removed (CLIP-text similarity), each with its box."""
+    ps = plan.prompt_set
+    queries = ps.pathology + ps.anatomy
+    n_patho = len(ps.pathology)
+    pairs = [(i, s) for i, s in zip(plan.keep, sentences) if s]
+    if len(pairs) > 1:
+        emb = F.normalize(model.encode_prompts([s for _, s in pairs]), dim=-1)
+        sim = ((emb @ emb.T + 1) / 2).float().cpu().numpy()
+        weights = [float(plan.score[i]) for i, _ in pairs]
+        pairs = [pairs[k] for k in remove_near_duplicates(sim, weights, ps.dedup.strict, ps.dedup.loose, ps.dedup.max_sentences)]
+    out = [
+        ReportSentence(queries[i], "pathology" if i < n_patho else "anatomy", s,
+                       _rounded(plan.prep.from_crop(plan.box[i])), round(float(plan.score[i]), 4),
+                       round(float(plan.abnormal[i]), 4), not (i < n_patho and plan.absent[i]))
+        for i, s in pairs
+    ]
+    return Report(out, [q for q, t in zip(ps.pathology, plan.told) if not t])
+
+
 def report(model, image: ImageInput, prompt_set: PromptSet | str | Path = "report", max_new_tokens: int | None = None,
            num_beams: int = 1) -> Report:
     """A grounded report: every pathology query, the anatomy queries classified abnormal, one sentence each, near
@@ -230,44 +331,8 @@ def report(model, image: ImageInput, prompt_set: PromptSet | str | Path = "repor
     post-decoded token. A prompt set without ``pathology_negative`` and with ``calibrated: false`` (the packaged
     ``reference`` set) is the reference's policy exactly."""
     ps = prompt_set if isinstance(prompt_set, PromptSet) else load_prompt_set(prompt_set)
-    queries = ps.pathology + ps.anatomy
-    kinds = ["pathology"] * len(ps.pathology) + ["anatomy"] * len(ps.anatomy)
-    n_patho, gated = len(ps.pathology), bool(ps.pathology_negative)
     prep = prepare_image(image, model.image_encoder.image_size)
-    with _eval(model):
-        feats = model.encode_image(encoder_input([prep.square], prep.square.shape[0], model.cfg.image, model.device))
-        det = model.detect(feats, model.encode_prompts(queries + ps.pathology_negative)[None])
-        feat = det.features[0, : len(queries)].clone()
-        abnormal = torch.ones(len(queries), device=feat.device)
-        if ps.anatomy:
-            pos = model.encode_prompts(ps.positivity.positive).mean(0, keepdim=True)
-            neg = model.encode_prompts(ps.positivity.negative).mean(0, keepdim=True)
-            margin = paired_margin(det.detector_features[0, n_patho: len(queries)], pos.expand(len(ps.anatomy), -1),
-                                   neg.expand(len(ps.anatomy), -1))
-            keys = [pair_key(q, positivity_key(ps.positivity.positive, ps.positivity.negative)) if ps.calibrated else ""
-                    for q in ps.anatomy]
-            abnormal[n_patho:] = model.calibrated(margin, keys, model.classify(feat[n_patho:], pos, neg)[:, 0])
-        told = [True] * n_patho
-        if gated:
-            p = model.presence(det.detector_features[0, :n_patho], ps.pathology, ps.pathology_negative)
-            abnormal[:n_patho] = p
-            absent, present = p < ps.pathology_absent_below, p >= ps.pathology_threshold
-            if ps.normal_query:  # "no finding" cannot be said while a finding is not ruled out
-                j = ps.pathology.index(ps.normal_query)
-                present[j] &= bool(torch.cat((absent[:j], absent[j + 1:])).all())
-            feat[:n_patho][absent] = det.features[0, len(queries):][absent]
-            told = (absent | present).tolist()
-        keep = [i for i in range(n_patho) if told[i]] + [i for i in range(n_patho, len(queries)) if abnormal[i] >= ps.positivity.threshold]
-        sentences = model.generate(feat[keep], max_new_tokens, num_beams) if keep else []
-        pairs = [(i, s) for i, s in zip(keep, sentences) if s]
-        if len(pairs) > 1:
-            emb = F.normalize(model.encode_prompts([s for _, s in pairs]), dim=-1)
-            sim = ((emb @ emb.T + 1) / 2).float().cpu().numpy()
-            weights = [float(det.score[0, i]) for i, _ in pairs]
-            pairs = [pairs[k] for k in remove_near_duplicates(sim, weights, ps.dedup.strict, ps.dedup.loose, ps.dedup.max_sentences)]
-        out = [
-            ReportSentence(queries[i], kinds[i], s, _rounded(prep.from_crop(det.box[0, i])), round(float(det.score[0, i]), 4),
-                           round(float(abnormal[i]), 4), not (gated and i < n_patho and bool(absent[i])))
-            for i, s in pairs
-        ]
-    return Report(out, [q for q, t in zip(ps.pathology, told) if not t])
+    with inference_context(model):
+        plan = plan_report(model, encode_images(model, [prep])[0], prep, ps)
+        sentences = model.generate(plan.features, max_new_tokens, num_beams) if plan.keep else []
+        return finish_report(model, plan, sentences)

@@ -18,19 +18,18 @@ CANDIDATE, CHAMPION = "candidate", "champion"
 METRIC_TAG, EVAL_RUN_TAG = "eval_metric", "evaluation_run_id"
 
 
-def _image(value: Any) -> np.ndarray | str:
-    """A path, PNG/JPEG bytes, or base64 text of them (what a REST client sends) -> something ChEX.query reads."""
+def _image(value: Any) -> np.ndarray:
+    """PNG/JPEG bytes, or base64 text of them (what a REST client sends) -> pixels. Never a path: a served pyfunc
+    would otherwise read whatever server file a request names."""
     from PIL import Image
 
-    if isinstance(value, str) and len(value) < 4096 and "\n" not in value and Path(value).is_file():
-        return value
-    data = base64.b64decode(value) if isinstance(value, str) else bytes(value)
+    data = base64.b64decode(value, validate=True) if isinstance(value, str) else bytes(value)
     with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im.convert("L"))
 
 
 class ChexPyfunc(mlflow.pyfunc.PythonModel):
-    """Rows with ``image`` (path, bytes or base64), optional ``prompts`` (list of text queries), ``boxes`` (list of
+    """Rows with ``image`` (bytes or base64), optional ``prompts`` (list of text queries), ``boxes`` (list of
     normalized cx, cy, w, h) and ``report`` (bool) -> one dict per row: ``answers`` (box + sentence per query) and,
     when asked, the grounded ``report``."""
 

@@ -133,3 +133,46 @@ def test_registry_against_a_real_mlflow_server(backend, tiny_model_dir, tmp_path
                 cur.execute("SELECT name, alias, version FROM registered_model_aliases")
                 assert sorted(cur.fetchall()) == sorted([("chex-served", CHAMPION, 1), ("chex-served", "candidate", 1)])
     assert any((tmp_path / "artifacts").rglob("model.safetensors"))  # the artifacts went through the server
+
+
+def test_serve_and_query_resolve_a_registry_uri(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """`models:/NAME@ALIAS` -> the registered checkpoint (fetched once into the cache) and its card; `chex query`
+    answers from it; the pyfunc refuses a path where image bytes belong."""
+    import hashlib
+
+    import mlflow
+
+    from pipelines.cli import main
+    from pipelines.registry import _image, register
+    from pipelines.serving.model_source import ModelNotFound, resolve_model
+    from pipelines.tracking import ensure_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("CHEX_MODEL_CACHE", str(tmp_path / "cache"))
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=ensure_experiment(uri, "resolve-test"))
+    with mlflow.start_run() as evaluation:
+        mlflow.log_metric("od_vindr/mAP", 0.25)
+    with mlflow.start_run():
+        register(tiny_model_dir, "chex-r", "od_vindr/mAP", 0.25, evaluation_run_id=evaluation.info.run_id)
+    src = resolve_model("models:/chex-r@champion", uri)
+    assert (src.folder / "config.json").is_file() and src.folder.is_relative_to(tmp_path / "cache")
+    card = src.info()
+    digest = hashlib.sha256((tiny_model_dir / "model.safetensors").read_bytes()).hexdigest()
+    assert card["version"] == "1" and "champion" in card["aliases"] and card["weights_sha256"] == digest
+    assert card["metrics"] == {"od_vindr/mAP": 0.25} and card["decided_by"] == "od_vindr/mAP=0.25"
+    assert resolve_model("models:/chex-r/1", uri).folder == src.folder  # cached, not fetched again
+    for bad in ("models:/chex-r@nope", "models:/nope@champion", "models:/chex-r", str(tmp_path)):
+        with pytest.raises(ModelNotFound):
+            resolve_model(bad, uri)
+    image = tmp_path / "x.png"
+    image.write_bytes(png_bytes())
+    assert main(["query", str(image), "--prompt", "Left lung", "--model", "models:/chex-r@champion", "--tracking-uri", uri]) == 0
+    assert __import__("json").loads(capsys.readouterr().out)["model"]["version"] == "1"
+    monkeypatch.delenv("CHEX_MODEL", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # no demo store here: the default names what to do
+    assert main(["query", str(image), "--prompt", "Left lung"]) == 2
+    assert "make demo" in capsys.readouterr().err
+    with pytest.raises(ValueError):
+        _image(str(image))  # a path is not base64 image bytes

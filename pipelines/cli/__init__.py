@@ -5,10 +5,10 @@ import logging
 import os
 import sys
 
-from pipelines.cli import convert, evaluate, ingest, pipeline, query, registry, synth, train
+from pipelines.cli import convert, evaluate, ingest, pipeline, query, registry, serve, synth, train
 from pipelines.cli.args import Parser, UsageError
 
-SUBCOMMANDS = (synth, ingest, train, evaluate, pipeline, registry, query, convert)
+SUBCOMMANDS = (synth, ingest, train, evaluate, pipeline, registry, query, serve, convert)
 
 
 def build_parser() -> Parser:

@@ -3,14 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from pipelines.cli.args import UsageError, positive
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")  # chex_model.precision.PRECISIONS, kept here so --help imports no torch
-
-MODEL_ENV = "CHEX_MODEL"
 
 
 def _box(text: str) -> tuple[float, float, float, float]:
@@ -33,7 +30,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also give P(POSITIVE) vs NEGATIVE for every answer (repeatable)")
     q.add_argument("--report", nargs="?", const="report", default=None, metavar="PROMPT_SET",
                    help="write a full grounded report (built-in set name or YAML path; default 'report')")
-    q.add_argument("--model", type=Path, default=None, help=f"checkpoint folder (default: ${MODEL_ENV} or demo_run/model)")
+    q.add_argument("--model", default=None, help="models:/NAME@ALIAS, models:/NAME/VERSION or a model folder "
+                   "(default: $CHEX_MODEL, else the champion of the last `make demo`)")
+    q.add_argument("--tracking-uri", default=None, help="MLflow store of a models:/ URI (default $MLFLOW_TRACKING_URI, "
+                                                       "else the demo's)")
     q.add_argument("--out", type=Path, default=None, help="also draw the answers on the X-ray into this PNG")
     q.add_argument("--beams", type=positive, default=1, help="beam width (1 = greedy)")
     q.add_argument("--max-tokens", type=positive, default=None, help="longest sentence in tokens")
@@ -42,8 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(run=run_query)
 
 
-def _checked_inputs(args: argparse.Namespace) -> tuple[list, Path]:
-    """The box + text pairs and the model folder, or a UsageError naming the bad argument."""
+def _checked_inputs(args: argparse.Namespace):
+    """The box + text pairs and the resolved model, or a UsageError naming the bad argument."""
     try:
         box_prompts = [(_box(b), t) for b, t in args.box_prompt]
     except argparse.ArgumentTypeError as exc:
@@ -54,14 +54,17 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[list, Path]:
         raise UsageError(f"image {args.image} is a directory, not an image file")
     if not args.image.is_file():
         raise UsageError(f"image {args.image} not found")
-    model_dir = args.model or Path(os.environ.get(MODEL_ENV, "demo_run/model"))
-    if not (model_dir / "config.json").is_file():
-        raise UsageError(f"no ChEX checkpoint in {model_dir} (train one, or pass --model DIR)")
-    return box_prompts, model_dir
+    from pipelines.serving.model_source import ModelNotFound, resolve_model
+
+    try:
+        return box_prompts, resolve_model(args.model, args.tracking_uri)
+    except ModelNotFound as exc:
+        raise UsageError(f"{exc} (pass --model)") from None
 
 
 def run_query(args: argparse.Namespace) -> None:
-    box_prompts, model_dir = _checked_inputs(args)  # before the heavy imports: a bad argument answers at once
+    box_prompts, source = _checked_inputs(args)  # before the heavy imports: a bad argument answers at once
+    model_dir = source.folder
     from chex_model.chex import ChEX
     from chex_model.draw import Annotation, render
     from chex_model.inference import prepare_image
@@ -77,7 +80,8 @@ def run_query(args: argparse.Namespace) -> None:
         apply_precision(model, args.precision)
     except ValueError as exc:
         raise UsageError(f"argument --precision: {exc}") from None
-    out: dict = {"image": str(args.image), "model": str(model_dir)}
+    out: dict = {"image": str(args.image), "model": {"name": source.name, "version": source.version,
+                                                     "folder": str(model_dir)}}
     notes: list[Annotation] = []
     gen = {"max_new_tokens": args.max_tokens, "num_beams": args.beams}
     if args.prompt or args.box or box_prompts:
