@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install browser demo test test-fast bench clean
 
 install: $(STAMP)
 
@@ -25,13 +25,24 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,serve,cluster]' $(PIP_QUIET)
 	@touch $(STAMP)
 
+# The page test drives a real Chromium: Debian's chromium + chromium-driver, installed here when missing and possible
+# (root and apt-get); elsewhere the test skips and prints why.
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium + chromium-driver (apt-get) for the page test"; \
+	    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver || { apt-get update -qq && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }; } >/dev/null 2>&1 || \
+	      echo "note: apt-get could not install chromium; the page test will skip"; \
+	  else echo "note: chromium/chromedriver missing and not installable here (needs root + apt-get); the page test will skip"; fi; }
+
 demo: install
 	$(VENV)/bin/chex pipeline run --config $(DEMO_CONFIG)
 
-test: install
+test: install browser
 	$(PY) -m pytest -q
 
-test-fast: install
+test-fast: install browser
 	$(PY) -m pytest -q -m "not slow"
 
 bench: install

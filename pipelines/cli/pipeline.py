@@ -36,6 +36,9 @@ def run_pipeline(args: argparse.Namespace) -> None:
     if "register" in outputs:
         reg = outputs["register"]
         print(f"registered {reg['name']} v{reg['version']} ({', '.join(reg['aliases'])}); champion v{reg['champion']}")
+        venv_chex = Path(sys.executable).parent / "chex"
+        print(f"Serve the champion (then open http://127.0.0.1:8000): {venv_chex if venv_chex.is_file() else 'chex'} "
+              f"serve models:/{reg['name']}@champion --tracking-uri {cfg.tracking()}")
     venv_mlflow = Path(sys.executable).parent / "mlflow"
     ui = f"{venv_mlflow if venv_mlflow.is_file() else 'mlflow'} ui --backend-store-uri {cfg.tracking()}"
     print(f"MLflow UI (then open http://127.0.0.1:5000): {ui}")

@@ -8,6 +8,7 @@ import base64
 import binascii
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from typing import Any
@@ -158,7 +159,8 @@ def decoded_image(data: bytes, size: int, limits: Limits):
         return prepare_image(path, size)
     except (ImageDecodeError, ValueError, OSError) as exc:
         reason = exc.reason if isinstance(exc, ImageDecodeError) else str(exc)
-        reason = reason.replace(path, "<upload>").splitlines()[0][:200]  # the server's own file names stay inside
+        # the server's own file names and Python object reprs stay inside
+        reason = re.sub(r"\s*<_io\.[^>]*>", "", reason.replace(path, "the upload")).splitlines()[0][:200]
         raise BadInput(f"image: cannot read it as JPEG, PNG or DICOM ({reason})") from None
     finally:
         os.unlink(path)
