@@ -23,7 +23,10 @@ def _image(value: Any) -> np.ndarray:
     would otherwise read whatever server file a request names."""
     from PIL import Image
 
-    data = base64.b64decode(value, validate=True) if isinstance(value, str) else bytes(value)
+    try:
+        data = base64.b64decode(value, validate=True) if isinstance(value, str) else bytes(value)
+    except ValueError:
+        raise ValueError("image: send the file's bytes or their base64 text (a path is never read)") from None
     with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im.convert("L"))
 

@@ -55,11 +55,12 @@ def running_server(model: str | Path, log: Path, *args: str, token: str | None =
                 raise RuntimeError(f"chex serve not ready after {timeout} s:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
         yield Served(url, Path(model), token, log)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+    finally:  # SIGTERM to `chex serve` alone, as a service manager sends it: it shuts Serve and Ray down itself
+        proc.terminate()
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
             proc.wait()
+        with contextlib.suppress(ProcessLookupError):  # whatever Ray left behind in the session
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -98,7 +98,8 @@ def test_pipeline_runs_skips_reruns_what_changed_and_survives_a_failure(tmp_path
     assert "calibration/atelectasis/positives" in detection.data.metrics
     image = tmp_path / "work" / "evaluation" / "figures"
     assert any(image.glob("*.png"))
-    answer = model.predict(__import__("pandas").DataFrame([{"image": str(next(image.glob("od_vindr_example*.png"))),
+    png = next(image.glob("od_vindr_example*.png")).read_bytes()  # image bytes, as a REST client sends them
+    answer = model.predict(__import__("pandas").DataFrame([{"image": __import__("base64").b64encode(png).decode(),
                                                              "prompts": ["Cardiomegaly"], "boxes": None}]))
     assert answer[0]["answers"][0]["prompt"] == "Cardiomegaly"
 

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
-import ipaddress
-import os
 import signal
 import socket
 import threading
@@ -12,7 +9,6 @@ import threading
 from pipelines.cli.args import UsageError, add_ray_address, positive
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")  # chex_model.precision.PRECISIONS (no torch for --help)
-TOKEN_ENV = "CHEX_API_TOKEN"
 
 
 def _autoscale(text: str) -> tuple[int, int]:
@@ -33,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow store of a models:/ URI (default $MLFLOW_TRACKING_URI, "
                                                        "else the demo's)")
     add_ray_address(p)
-    p.add_argument("--host", default="127.0.0.1", help=f"bind address (default loopback; any other needs ${TOKEN_ENV})")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; any other needs $CHEX_API_TOKEN)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--replicas", type=positive, default=1, help="fixed number of model replicas (default 1)")
@@ -50,14 +46,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _check_bind(host: str, port: int) -> str | None:
     """The token's sha256 when one is set; UsageError for a public bind without one or a port already taken."""
-    token = os.environ.get(TOKEN_ENV) or None
+    from pipelines.serving.bind import token_digest
+
     try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback and not token:
-        raise UsageError(f"--host {host} is reachable beyond this machine: set {TOKEN_ENV} (a bearer token every "
-                         "API request must carry), or bind 127.0.0.1")
+        digest = token_digest(host)
+    except ValueError as exc:
+        raise UsageError(f"--{exc}") from None
     if not 0 < port < 65536:
         raise UsageError(f"--port {port} is not a TCP port")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
@@ -65,7 +59,7 @@ def _check_bind(host: str, port: int) -> str | None:
             s.bind((host, port))
         except OSError as exc:
             raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    return hashlib.sha256(token.encode()).hexdigest() if token else None
+    return digest
 
 
 def run_serve(args: argparse.Namespace) -> None:
@@ -95,6 +89,7 @@ def run_serve(args: argparse.Namespace) -> None:
     print(f"serving {source.name} v{source.version or '-'} ({source.folder}) at http://{shown}:{args.port}/ "
           f"(API docs: /docs); Ctrl-C stops", flush=True)
     _wait_for_signal()
+    print("stopping: replicas finish the requests in flight", flush=True)
     serve.shutdown()  # replicas finish their in-flight requests (graceful_shutdown_timeout_s) before they stop
     ray.shutdown()
 

@@ -6,6 +6,7 @@ of the last ``make demo`` in the demo's MLflow store.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -122,7 +123,8 @@ def _download(client, tracking_uri: str, mv) -> Path:
     ``~/.cache/chex-pipeline/models``) and reused after."""
     import mlflow
 
-    cache = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache/chex-pipeline/models")) / f"{mv.name}-v{mv.version}"
+    store = hashlib.sha256(f"{tracking_uri}\n{mv.source}".encode()).hexdigest()[:12]  # versions of other stores differ
+    cache = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache/chex-pipeline/models")) / f"{mv.name}-v{mv.version}-{store}"
     found = [p.parent for p in cache.glob("**/config.json")] if cache.is_dir() else []
     if not found:  # fetched beside the cache and renamed into it, so an interrupted fetch is never reused
         partial = cache.with_name(cache.name + ".partial")

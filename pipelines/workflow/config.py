@@ -28,6 +28,19 @@ class RegisterSettings:
 
 
 @dataclass
+class DeploySettings:
+    """After ``register``, (re)start the ``chex serve`` application on the champion, only when the champion changed.
+    It needs a long-lived Ray cluster (``chex pipeline run --address``): a local instance ends with the pipeline."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"  # any other address needs CHEX_API_TOKEN in the pipeline's environment
+    port: int = 8000
+    replicas: int = 1
+    precision: str = "auto"
+    max_batch: int = 8
+
+
+@dataclass
 class PipelineConfig:
     workdir: str = "runs/pipeline"
     raw: str = ""  # raw datasets root; "" = synthesize them into <workdir>/raw
@@ -38,6 +51,7 @@ class PipelineConfig:
     sweep: str = ""  # a sweep YAML (configs/tune/*.yaml) to tune one training stage first; "" = no sweep
     evaluate: str = "configs/evaluate/default.yaml"
     register: RegisterSettings = field(default_factory=RegisterSettings)
+    deploy: DeploySettings = field(default_factory=DeploySettings)
     tracking_uri: str = ""  # "" = sqlite:///<abs workdir>/mlflow.db
     experiment: str = "chex-pipeline"
 

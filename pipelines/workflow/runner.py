@@ -18,6 +18,7 @@ from pipelines.training.config import StageConfig
 from pipelines.workflow.config import PipelineConfig
 from pipelines.workflow.stages import (
     Context,
+    DeployStage,
     EvaluateStage,
     IngestStage,
     PretrainStage,
@@ -80,7 +81,7 @@ class Pipeline:
             if self.sweep_cfg is not None and s.name == self.sweep_cfg.stage:
                 stages.append(SweepStage())
             stages.append(TrainStage(s.name))
-        return stages + [EvaluateStage(), RegisterStage()]
+        return stages + [EvaluateStage(), RegisterStage()] + ([DeployStage()] if self.cfg.deploy.enabled else [])
 
     def resolved(self) -> dict[str, Any]:
         """Every setting the run uses: the configs as loaded, the model preset's full config and each training
@@ -133,6 +134,9 @@ class Pipeline:
         for s in (from_stage, only):
             if s is not None and s not in names:
                 raise ConfigError(f"unknown stage {s!r}; this pipeline has {names}")
+        if self.cfg.deploy.enabled and not address:
+            raise ConfigError("deploy: enabled needs a long-lived Ray cluster to serve on: pass --address (a local "
+                              "instance ends with the pipeline; `chex serve` serves without one)")
         if "evaluate" in (self.stage_names[: names.index(only) + 1] if only else names):
             self.eval_cfg.preflight()  # e.g. the CheXbert files: one line now, not after the training stages
         self.workdir.mkdir(parents=True, exist_ok=True)

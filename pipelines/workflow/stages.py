@@ -259,3 +259,22 @@ class RegisterStage(Stage):
             reg = register(Path(ctx.upstream[ctx.pipeline.last_train]["model_dir"]), settings.name, settings.metric, value,
                            ctx.upstream["evaluate"]["run_id"], settings.higher_is_better)
         return {"name": reg.name, "version": reg.version, "aliases": reg.aliases, "champion": reg.champion_version}
+
+
+class DeployStage(Stage):
+    """The champion online (``chex serve``'s application on the pipeline's Ray cluster). Its key is the champion
+    version and the deploy settings, so it reruns only when the champion changed."""
+
+    name = "deploy"
+
+    def inputs(self, ctx: Context) -> dict[str, Any]:
+        reg = ctx.upstream["register"]
+        return {"deploy": asdict(ctx.pipeline.cfg.deploy), "model": f"models:/{reg['name']}/{reg['champion']}",
+                "tracking_uri": ctx.pipeline.cfg.tracking()}
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        from pipelines.serving.deploy import Deployment, deploy
+
+        inputs, d = self.inputs(ctx), ctx.pipeline.cfg.deploy
+        return deploy(Deployment(inputs["model"], inputs["tracking_uri"], d.host, d.port, d.replicas, d.precision,
+                                 d.max_batch))
