@@ -161,6 +161,7 @@ def test_serve_and_query_resolve_a_registry_uri(tiny_model_dir, tmp_path, monkey
     digest = hashlib.sha256((tiny_model_dir / "model.safetensors").read_bytes()).hexdigest()
     assert card["version"] == "1" and "champion" in card["aliases"] and card["weights_sha256"] == digest
     assert card["metrics"] == {"od_vindr/mAP": 0.25} and card["decided_by"] == "od_vindr/mAP=0.25"
+    assert src.pinned == "models:/chex-r/1" and src.tracking_uri == uri  # what replicas load: this version, not the alias
     assert resolve_model("models:/chex-r/1", uri).folder == src.folder  # cached, not fetched again
     for bad in ("models:/chex-r@nope", "models:/nope@champion", "models:/chex-r", str(tmp_path)):
         with pytest.raises(ModelNotFound):

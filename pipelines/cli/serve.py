@@ -41,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-image-mb", type=positive, default=20, help="largest image upload (default 20 MB)")
     p.add_argument("--max-queries", type=positive, default=32, help="most queries in one request (default 32)")
     p.add_argument("--gpus", type=float, default=0.0, help="GPUs per replica (default 0)")
+    p.add_argument("--cpus", type=positive, default=1, help="CPUs (and PyTorch threads) per replica (default 1)")
     p.set_defaults(run=run_serve)
 
 
@@ -76,14 +77,13 @@ def run_serve(args: argparse.Namespace) -> None:
     from pipelines.serving.api_inputs import Limits
     from pipelines.serving.app import ServeSettings, application
 
-    settings = ServeSettings(args.model if args.model and args.model.startswith("models:/") else str(source.folder),
-                             args.tracking_uri, args.precision, token_sha256,
+    settings = ServeSettings(source.pinned, source.tracking_uri, args.precision, token_sha256,  # every replica alike
                              Limits(args.max_image_mb * 1024 * 1024, args.max_queries), args.max_batch,
                              args.batch_wait_ms / 1000)
     ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=False,
              configure_logging=True, logging_level="WARNING")
     serve.start(http_options={"host": args.host, "port": args.port}, logging_config={"log_level": "WARNING"})
-    serve.run(application(settings, args.replicas, args.autoscale, args.gpus), name="chex", route_prefix="/",
+    serve.run(application(settings, args.replicas, args.autoscale, args.gpus, args.cpus), name="chex", route_prefix="/",
               blocking=False)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"serving {source.name} v{source.version or '-'} ({source.folder}) at http://{shown}:{args.port}/ "

@@ -209,9 +209,10 @@ class ChexServer:
 
 
 def application(settings: ServeSettings, replicas: int = 1, autoscale: tuple[int, int] | None = None,
-                gpus: float = 0.0) -> serve.Application:
-    """The bound application: ``replicas`` fixed replicas, or autoscaling between ``autoscale`` (min, max)."""
-    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": 1, "num_gpus": gpus}}
+                gpus: float = 0.0, cpus: float = 1.0) -> serve.Application:
+    """The bound application: ``replicas`` fixed replicas, or autoscaling between ``autoscale`` (min, max). Ray gives
+    each replica ``cpus`` CPUs, and PyTorch as many threads (OMP_NUM_THREADS)."""
+    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": cpus, "num_gpus": gpus}}
     if autoscale:
         options["autoscaling_config"] = {"min_replicas": autoscale[0], "max_replicas": autoscale[1],
                                          "target_ongoing_requests": settings.max_batch_size}

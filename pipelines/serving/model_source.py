@@ -33,6 +33,13 @@ class ModelSource:
     evaluation_run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     decided_by: str | None = None  # "metric=value" that made it champion
+    tracking_uri: str | None = None  # the store a registry version came from
+
+    @property
+    def pinned(self) -> str:
+        """What names exactly this model again: ``models:/NAME/VERSION`` (not an alias, which may move), or the
+        folder."""
+        return f"models:/{self.name}/{self.version}" if self.version else str(self.folder)
 
     def info(self) -> dict[str, Any]:
         from pipelines.digests import file_sha256
@@ -111,11 +118,16 @@ def _from_registry(spec: str, tracking_uri: str) -> ModelSource:
     metrics = {}
     if eval_run:
         try:
-            metrics = dict(sorted(client.get_run(eval_run).data.metrics.items()))
+            metrics = {k: v for k, v in sorted(client.get_run(eval_run).data.metrics.items()) if _headline(k)}
         except MlflowException:
             metrics = {}
     return ModelSource(_download(client, tracking_uri, mv), name, str(mv.version), sorted(mv.aliases),
-                       f"models:/{name}/{mv.version}", eval_run, metrics, mv.tags.get(METRIC_TAG))
+                       f"models:/{name}/{mv.version}", eval_run, metrics, mv.tags.get(METRIC_TAG), tracking_uri)
+
+
+def _headline(key: str) -> bool:
+    """A task-level metric (``od_vindr/mAP``): not a per-class value, a baseline's, or a timing."""
+    return key.count("/") == 1 and not key.startswith("baseline/") and not key.endswith("/seconds")
 
 
 def _download(client, tracking_uri: str, mv) -> Path:
