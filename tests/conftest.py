@@ -85,17 +85,18 @@ def ingested(synth_raw: Path, ray_local, tmp_path_factory) -> tuple[Path, dict]:
 
 
 @pytest.fixture(scope="session")
-def served_model_dir(trained_tiny, tmp_path_factory) -> Path:
-    """The trained tiny model saved as a folder (sentences are real words, so the page has text to show)."""
-    out = tmp_path_factory.mktemp("served_model")
+def trained_tiny_dir(trained_tiny, tmp_path_factory) -> Path:
+    """The trained tiny model saved as a folder, read-only for tests (its sentences are words: the CLI, the API and
+    the page have text to show)."""
+    out = tmp_path_factory.mktemp("trained_tiny")
     trained_tiny[0].save_pretrained(out)
     return out
 
 
 @pytest.fixture(scope="session")
-def served(served_model_dir, tmp_path_factory):
+def served(trained_tiny_dir, tmp_path_factory):
     """One real `chex serve` of that model on loopback for the session (~20 s to start): ``.url``, ``.model_dir``."""
     from serve_support import running_server
 
-    with running_server(served_model_dir, tmp_path_factory.mktemp("serve") / "serve.log") as server:
+    with running_server(trained_tiny_dir, tmp_path_factory.mktemp("serve") / "serve.log") as server:
         yield server

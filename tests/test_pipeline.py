@@ -40,35 +40,10 @@ def stages_of(out: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_pipeline_runs_skips_reruns_what_changed_and_survives_a_failure(tmp_path, ray_local, capsys):
+def _check_the_store(tmp_path: Path):
+    """What three pipeline runs left in MLflow: parent and child runs, lineage, the resolved config, dataset inputs,
+    both registered versions (calibrated, answering a query). Returns the client and the experiment."""
     import mlflow
-
-    config = write_configs(tmp_path)
-    assert main(["pipeline", "run", "--config", str(config)]) == 0
-    first = stages_of(capsys.readouterr().out)
-    assert list(first) == ["synth", "ingest", "clip_pretrain", "lm_pretrain", "train:detection", "evaluate", "register"]
-    assert set(first.values()) == {"ran"}
-    state = json.loads((tmp_path / "work" / "pipeline_state.json").read_text())
-    backbones = {k: state[f"{k}_pretrain"]["outputs"]["weights_sha256"] for k in ("clip", "lm")}
-    assert state["train:detection"]["inputs"]["init"] == backbones  # stage 1 starts from the pre-trained backbones
-    for k, digest in backbones.items():
-        folder = Path(state[f"{k}_pretrain"]["outputs"]["model_dir"])
-        assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == digest
-    trained = state["train:detection"]["outputs"]
-    calibration = Path(trained["model_dir"]) / "presence_calibration.json"  # fitted after the detector trained
-    assert len(json.loads(calibration.read_text())) == 29
-    assert trained["calibration_sha256"] == hashlib.sha256(calibration.read_bytes()).hexdigest()
-    assert state["evaluate"]["inputs"]["calibration"] == trained["calibration_sha256"]
-    assert Path(state["evaluate"]["outputs"]["showcase_file"]).is_file()  # the test images' reports, printed above
-
-    assert main(["pipeline", "run", "--config", str(config)]) == 0
-    assert set(stages_of(capsys.readouterr().out).values()) == {"skipped (unchanged)"}
-
-    write_configs(tmp_path, lr=5e-4)  # only the training config changes
-    assert main(["pipeline", "run", "--config", str(config)]) == 0
-    third = stages_of(capsys.readouterr().out)
-    assert third == {"synth": "skipped (unchanged)", "ingest": "skipped (unchanged)", "clip_pretrain": "skipped (unchanged)",
-                     "lm_pretrain": "skipped (unchanged)", "train:detection": "ran", "evaluate": "ran", "register": "ran"}
 
     uri = f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
@@ -102,6 +77,38 @@ def test_pipeline_runs_skips_reruns_what_changed_and_survives_a_failure(tmp_path
     answer = model.predict(__import__("pandas").DataFrame([{"image": __import__("base64").b64encode(png).decode(),
                                                              "prompts": ["Cardiomegaly"], "boxes": None}]))
     assert answer[0]["answers"][0]["prompt"] == "Cardiomegaly"
+    return client, exp
+
+
+def test_pipeline_runs_skips_reruns_what_changed_and_survives_a_failure(tmp_path, ray_local, capsys):
+    config = write_configs(tmp_path)
+    assert main(["pipeline", "run", "--config", str(config)]) == 0
+    first = stages_of(capsys.readouterr().out)
+    assert list(first) == ["synth", "ingest", "clip_pretrain", "lm_pretrain", "train:detection", "evaluate", "register"]
+    assert set(first.values()) == {"ran"}
+    state = json.loads((tmp_path / "work" / "pipeline_state.json").read_text())
+    backbones = {k: state[f"{k}_pretrain"]["outputs"]["weights_sha256"] for k in ("clip", "lm")}
+    assert state["train:detection"]["inputs"]["init"] == backbones  # stage 1 starts from the pre-trained backbones
+    for k, digest in backbones.items():
+        folder = Path(state[f"{k}_pretrain"]["outputs"]["model_dir"])
+        assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == digest
+    trained = state["train:detection"]["outputs"]
+    calibration = Path(trained["model_dir"]) / "presence_calibration.json"  # fitted after the detector trained
+    assert len(json.loads(calibration.read_text())) == 29
+    assert trained["calibration_sha256"] == hashlib.sha256(calibration.read_bytes()).hexdigest()
+    assert state["evaluate"]["inputs"]["calibration"] == trained["calibration_sha256"]
+    assert Path(state["evaluate"]["outputs"]["showcase_file"]).is_file()  # the test images' reports, printed above
+
+    assert main(["pipeline", "run", "--config", str(config)]) == 0
+    assert set(stages_of(capsys.readouterr().out).values()) == {"skipped (unchanged)"}
+
+    write_configs(tmp_path, lr=5e-4)  # only the training config changes
+    assert main(["pipeline", "run", "--config", str(config)]) == 0
+    third = stages_of(capsys.readouterr().out)
+    assert third == {"synth": "skipped (unchanged)", "ingest": "skipped (unchanged)", "clip_pretrain": "skipped (unchanged)",
+                     "lm_pretrain": "skipped (unchanged)", "train:detection": "ran", "evaluate": "ran", "register": "ran"}
+
+    client, exp = _check_the_store(tmp_path)
 
     capsys.readouterr()  # artifact downloads above draw progress bars; only the failing run's output counts below
     write_configs(tmp_path, lr=5e-4, metric="od_vindr/no_such_metric")  # registration fails

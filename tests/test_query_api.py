@@ -129,13 +129,6 @@ def test_report_filters_anatomy_by_positivity(trained_tiny) -> None:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(trained_tiny, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ckpt")
-    trained_tiny[0].save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def xray_files(trained_tiny, tmp_path_factory) -> dict[str, Path]:
     img = (trained_tiny[1].images[1, 0].numpy() * 255).round().astype(np.uint8)
     out = tmp_path_factory.mktemp("xrays")
@@ -147,9 +140,9 @@ def xray_files(trained_tiny, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("name", ["a.png", "a.jpg", "a.dcm"])
-def test_cli_query_prints_json_and_draws(name, checkpoint, xray_files, tmp_path, capsys) -> None:
+def test_cli_query_prints_json_and_draws(name, trained_tiny_dir, xray_files, tmp_path, capsys) -> None:
     picture = tmp_path / "answer.png"
-    code = main(["query", str(xray_files[name]), "--model", str(checkpoint), "--prompt", "Left lung",
+    code = main(["query", str(xray_files[name]), "--model", str(trained_tiny_dir), "--prompt", "Left lung",
                  "--box", "0.3,0.5,0.2,0.4", "--box-prompt", "0.7,0.5,0.2,0.4", "Left lung",
                  "--classify", "Consolidation", "No consolidation", "--out", str(picture)])
     assert code == 0
@@ -160,8 +153,8 @@ def test_cli_query_prints_json_and_draws(name, checkpoint, xray_files, tmp_path,
         assert im.mode == "RGB" and im.width == 768 and im.height > 768
 
 
-def test_cli_report(checkpoint, xray_files, capsys) -> None:
-    assert main(["query", str(xray_files["a.png"]), "--model", str(checkpoint), "--report", "--max-tokens", "12"]) == 0
+def test_cli_report(trained_tiny_dir, xray_files, capsys) -> None:
+    assert main(["query", str(xray_files["a.png"]), "--model", str(trained_tiny_dir), "--report", "--max-tokens", "12"]) == 0
     report = json.loads(capsys.readouterr().out)["report"]
     assert report["sentences"] and report["text"]
 
@@ -177,11 +170,11 @@ def test_cli_report(checkpoint, xray_files, capsys) -> None:
     (["{img}"], "give --prompt"),
     (["{img}", "--prompt", "x", "--model", "{nomodel}"], "no ChEX checkpoint"),
 ])
-def test_cli_query_errors_are_one_line_with_exit_code_2(args, message, checkpoint, xray_files, tmp_path, capsys) -> None:
+def test_cli_query_errors_are_one_line_with_exit_code_2(args, message, trained_tiny_dir, xray_files, tmp_path, capsys) -> None:
     subst = {"img": xray_files["a.png"], "broken": xray_files["broken.jpg"], "nomodel": tmp_path, "folder": tmp_path}
     argv = ["query", *[a.format(**subst) for a in args]]
     if "--model" not in argv:
-        argv += ["--model", str(checkpoint)]
+        argv += ["--model", str(trained_tiny_dir)]
     assert _exit_code(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err

@@ -30,12 +30,12 @@ def xray_png(tmp_path_factory) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def local_model(served_model_dir):
+def local_model(trained_tiny_dir):
     """The same folder loaded here with the server's default precision, to compare answers against."""
     from chex_model.chex import ChEX
     from chex_model.precision import apply_precision
 
-    model = ChEX.from_pretrained(served_model_dir)
+    model = ChEX.from_pretrained(trained_tiny_dir)
     apply_precision(model, "auto")
     return model
 
@@ -135,13 +135,13 @@ def test_malformed_requests_and_server_paths(served, xray_png) -> None:
     assert httpx.get(f"{url}/v1/samples/nope").status_code == 404
 
 
-def test_a_token_guards_the_api_and_a_public_bind_needs_one(served_model_dir, xray_png, tmp_path) -> None:
+def test_a_token_guards_the_api_and_a_public_bind_needs_one(trained_tiny_dir, xray_png, tmp_path) -> None:
     env = {k: v for k, v in __import__("os").environ.items() if k != "CHEX_API_TOKEN"}
-    out = subprocess.run([str(Path(sys.executable).parent / "chex"), "serve", str(served_model_dir), "--host", "0.0.0.0"],
+    out = subprocess.run([str(Path(sys.executable).parent / "chex"), "serve", str(trained_tiny_dir), "--host", "0.0.0.0"],
                          capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 2 and "CHEX_API_TOKEN" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     token = "s3cret-" + hashlib.sha256(b"t").hexdigest()[:12]
-    with running_server(served_model_dir, tmp_path / "serve.log", "--max-batch", "1", token=token) as srv:
+    with running_server(trained_tiny_dir, tmp_path / "serve.log", "--max-batch", "1", token=token) as srv:
         assert _post(srv.url, "/v1/query", xray_png, {"prompts": ["x"]}).status_code == 401
         wrong = _post(srv.url, "/v1/query", xray_png, {"prompts": ["x"]}, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401

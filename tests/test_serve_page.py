@@ -180,6 +180,63 @@ def _downloaded(folder: Path, name: str) -> Path:
 
 # ---- tests ------------------------------------------------------------------------------------------------------
 
+def _box_queries(driver, served, image: bytes) -> None:
+    """A box drawn with the mouse, no prompt: a box query for that box; then the same box with a prompt."""
+    intended = _drag_box(driver, (0.25, 0.3), (0.6, 0.8))
+    sent = driver.execute_script("return window.lastRequest")  # still the text query: drawing sends nothing
+    assert sent["body"] == {"prompts": ["Pleural effusion"]}
+    drawn = driver.execute_script(BOXES_JS)["query"]
+    _assert_close(drawn, intended, "the drawn query box")
+    _ask(driver, "")
+    sent = driver.execute_script("return window.lastRequest")
+    assert sent["path"] == "/v1/query" and list(sent["body"]) == ["boxes"], sent
+    _assert_close(sent["body"]["boxes"][0], intended, "the box the page sent")
+    box_answer = _api(served, "/v1/query", image, sent["body"]).json()
+    assert box_answer["results"][0]["query_box"] == sent["body"]["boxes"][0]
+    _assert_page_shows(driver, box_answer["results"], "box query")
+
+    _ask(driver, "Right lung")
+    sent = driver.execute_script("return window.lastRequest")
+    assert sent["body"] == {"box_prompts": [{"box": box_answer["results"][0]["query_box"], "prompt": "Right lung"}]}
+    _assert_page_shows(driver, _api(served, "/v1/query", image, sent["body"]).json()["results"], "box + text query")
+
+    driver.find_element("id", "clear-box").click()
+    assert driver.execute_script(BOXES_JS)["query"] is None
+
+
+def _sample_and_screenshot(driver, served, tmp_path) -> None:
+    """A sample X-ray from the list asked by text, hovering highlights only its box; then its report, screenshot."""
+    # 6. a sample X-ray from the list, asked by text; hovering a sentence highlights its box (and only its box)
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.support.ui import Select
+
+    samples = httpx.get(served.url + "/v1/samples", timeout=30).json()["samples"]
+    name = "right pleural effusion" if "right pleural effusion" in samples else samples[0]
+    Select(driver.find_element("id", "sample")).select_by_value(name)
+    _idle(driver)
+    sample = httpx.get(f"{served.url}/v1/samples/{name}", timeout=30).content
+    assert driver.execute_script("return document.querySelector('#picture').naturalWidth") == Image.open(io.BytesIO(sample)).width
+    _ask(driver, "Pleural effusion")
+    results = _api(served, "/v1/query", sample, {"prompts": ["Pleural effusion"]}).json()["results"]
+    _assert_page_shows(driver, results, "text query on a sample")
+    ActionChains(driver).move_to_element(driver.find_element("css selector", 'li.sentence[data-index="0"]')).perform()
+    highlighted = driver.execute_script(
+        "return [...document.querySelectorAll('.answer-box.highlight')].map(b => +b.dataset.index)")
+    assert highlighted == [0]
+
+    # 7. the sample's full report (checked too), its first sentence hovered: the screenshot for docs/serving.md
+    driver.find_element("id", "report").click()
+    _idle(driver)
+    sample_report = _api(served, "/v1/report", sample, {"prompt_set": "report"}).json()["report"]
+    _assert_page_shows(driver, sample_report["sentences"], "report on a sample")
+    if sample_report["sentences"]:
+        ActionChains(driver).move_to_element(driver.find_element("css selector", 'li.sentence[data-index="0"]')).perform()
+    driver.save_screenshot(str(tmp_path / "serve_page.png"))
+    assert (tmp_path / "serve_page.png").stat().st_size > 10_000
+    if os.environ.get("CHEX_UPDATE_SCREENSHOT"):  # the picture in docs/serving.md; a plain run leaves the tree clean
+        shutil.copyfile(tmp_path / "serve_page.png", DOCS_SCREENSHOT)
+
+
 def test_page_answers_match_the_api(browser, served, xray, downloads, tmp_path) -> None:
     driver = browser
     image = xray.read_bytes()
@@ -217,27 +274,8 @@ def test_page_answers_match_the_api(browser, served, xray, downloads, tmp_path) 
     with Image.open(_downloaded(downloads, "synthetic_xray-chex.png")) as png:
         assert png.size == (300, 260)
 
-    # 4. a box drawn with the mouse, no prompt: a box query for that box; then the same box with a prompt
-    intended = _drag_box(driver, (0.25, 0.3), (0.6, 0.8))
-    sent = driver.execute_script("return window.lastRequest")  # still the text query: drawing sends nothing
-    assert sent["body"] == {"prompts": ["Pleural effusion"]}
-    drawn = driver.execute_script(BOXES_JS)["query"]
-    _assert_close(drawn, intended, "the drawn query box")
-    _ask(driver, "")
-    sent = driver.execute_script("return window.lastRequest")
-    assert sent["path"] == "/v1/query" and list(sent["body"]) == ["boxes"], sent
-    _assert_close(sent["body"]["boxes"][0], intended, "the box the page sent")
-    box_answer = _api(served, "/v1/query", image, sent["body"]).json()
-    assert box_answer["results"][0]["query_box"] == sent["body"]["boxes"][0]
-    _assert_page_shows(driver, box_answer["results"], "box query")
-
-    _ask(driver, "Right lung")
-    sent = driver.execute_script("return window.lastRequest")
-    assert sent["body"] == {"box_prompts": [{"box": box_answer["results"][0]["query_box"], "prompt": "Right lung"}]}
-    _assert_page_shows(driver, _api(served, "/v1/query", image, sent["body"]).json()["results"], "box + text query")
-
-    driver.find_element("id", "clear-box").click()
-    assert driver.execute_script(BOXES_JS)["query"] is None
+    # 4. mouse-drawn box queries
+    _box_queries(driver, served, image)
 
     # 5. the full report: same sentences, same order, same boxes; statements of absence marked
     driver.find_element("id", "report").click()
@@ -248,35 +286,8 @@ def test_page_answers_match_the_api(browser, served, xray, downloads, tmp_path) 
     shown = driver.execute_script(SENTENCES_JS)
     assert [s["absent"] for s in shown] == [not s["finding"] for s in report["sentences"]]
 
-    # 6. a sample X-ray from the list, asked by text; hovering a sentence highlights its box (and only its box)
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.support.ui import Select
-
-    samples = httpx.get(served.url + "/v1/samples", timeout=30).json()["samples"]
-    name = "right pleural effusion" if "right pleural effusion" in samples else samples[0]
-    Select(driver.find_element("id", "sample")).select_by_value(name)
-    _idle(driver)
-    sample = httpx.get(f"{served.url}/v1/samples/{name}", timeout=30).content
-    assert driver.execute_script("return document.querySelector('#picture').naturalWidth") == Image.open(io.BytesIO(sample)).width
-    _ask(driver, "Pleural effusion")
-    results = _api(served, "/v1/query", sample, {"prompts": ["Pleural effusion"]}).json()["results"]
-    _assert_page_shows(driver, results, "text query on a sample")
-    ActionChains(driver).move_to_element(driver.find_element("css selector", 'li.sentence[data-index="0"]')).perform()
-    highlighted = driver.execute_script(
-        "return [...document.querySelectorAll('.answer-box.highlight')].map(b => +b.dataset.index)")
-    assert highlighted == [0]
-
-    # 7. the sample's full report (checked too), its first sentence hovered: the screenshot for docs/serving.md
-    driver.find_element("id", "report").click()
-    _idle(driver)
-    sample_report = _api(served, "/v1/report", sample, {"prompt_set": "report"}).json()["report"]
-    _assert_page_shows(driver, sample_report["sentences"], "report on a sample")
-    if sample_report["sentences"]:
-        ActionChains(driver).move_to_element(driver.find_element("css selector", 'li.sentence[data-index="0"]')).perform()
-    driver.save_screenshot(str(tmp_path / "serve_page.png"))
-    assert (tmp_path / "serve_page.png").stat().st_size > 10_000
-    if os.environ.get("CHEX_UPDATE_SCREENSHOT"):  # the picture in docs/serving.md; a plain run leaves the tree clean
-        shutil.copyfile(tmp_path / "serve_page.png", DOCS_SCREENSHOT)
+    # 6-7. a sample and the screenshot
+    _sample_and_screenshot(driver, served, tmp_path)
 
 
 def test_page_shows_the_api_error(browser, served, tmp_path) -> None:

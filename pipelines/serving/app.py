@@ -178,23 +178,24 @@ class ChexServer:
             raise BadInput(f"no sample {name!r}; one of {', '.join(SAMPLES)}", 404)
         return Response(sample_png(name), media_type="image/png")
 
-    @api.post("/v1/query", openapi_extra=_body_doc(QueryBody))
-    async def query(self, request: Request) -> dict[str, Any]:
+    async def _serve(self, request: Request, make_job) -> tuple[dict[str, Any], Any]:
+        """Authorize, read, check (``make_job``), answer in a batch: the envelope and the answer."""
         started = time.perf_counter()
         self._authorize(request)
         fields, image = await _read(request, self.settings.limits)
-        job = query_job(fields, image, self.settings.limits)
-        results = await self._answer_one(job)
-        return {**self._envelope(job, started), "results": [r.to_dict() for r in results]}
+        job = make_job(fields, image, self.settings.limits)
+        answer = await self._answer_one(job)
+        return self._envelope(job, started), answer
+
+    @api.post("/v1/query", openapi_extra=_body_doc(QueryBody))
+    async def query(self, request: Request) -> dict[str, Any]:
+        envelope, results = await self._serve(request, query_job)
+        return {**envelope, "results": [r.to_dict() for r in results]}
 
     @api.post("/v1/report", openapi_extra=_body_doc(ReportBody))
     async def report(self, request: Request) -> dict[str, Any]:
-        started = time.perf_counter()
-        self._authorize(request)
-        fields, image = await _read(request, self.settings.limits)
-        job = report_job(fields, image, self.settings.limits)
-        rep = await self._answer_one(job)
-        return {**self._envelope(job, started), "report": rep.to_dict()}
+        envelope, rep = await self._serve(request, report_job)
+        return {**envelope, "report": rep.to_dict()}
 
     @api.get("/", include_in_schema=False)
     def page(self) -> FileResponse:

@@ -160,19 +160,10 @@ class SweepResult:
     parent_run_id: str
 
 
-def run_sweep(sweep: SweepConfig, address: str | None = None, train_cfg: TrainConfig | None = None,
-              init_model: Path | None = None, nested: bool = False) -> SweepResult:
-    """Sweep ``sweep.stage`` of ``train_cfg`` (default: the YAML ``sweep.train``), every trial starting from
-    ``init_model`` (default: the stage's input under the training workdir). ``nested``: the sweep run is a child of
-    the active MLflow run (a pipeline's)."""
-    import mlflow
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import BasicVariantGenerator
-
-    from pipelines.ray_runtime import init_ray
+def _trial_config(sweep: SweepConfig, train_cfg: TrainConfig | None) -> tuple[TrainConfig, StageConfig]:
+    """The training config every trial starts from (the sweep's overrides applied, every path absolute: trials run
+    in their own folders) and the swept stage's config."""
     from pipelines.training.pretrain import use_own_backbones
-    from pipelines.training.stages import stage_input
 
     train_cfg = copy.deepcopy(train_cfg) if train_cfg is not None else load_train_config(Path(sweep.train))
     use_own_backbones(train_cfg)  # a sweep on its own builds on the backbones the training run pre-trained
@@ -190,12 +181,52 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, train_cfg: TrainCo
     if task in ALL_TASKS and task not in stage.val_tasks:  # ranked by an evaluation metric: score it at each report
         stage.val_tasks = [*stage.val_tasks, task]
     train_cfg.accumulation()
-    # trials run in their own folders: every path they read must be absolute
     train_cfg.data.tables = str(Path(train_cfg.data.tables).resolve())
     train_cfg.deepspeed = str(Path(train_cfg.deepspeed).resolve())
     for attr in ("clip_dir", "lm_dir", "init_model"):
         if getattr(train_cfg, attr):
             setattr(train_cfg, attr, str(Path(getattr(train_cfg, attr)).resolve()))
+    return train_cfg, stage
+
+
+def _tuner(sweep: SweepConfig, train_cfg: TrainConfig, stage: StageConfig, workdir: Path, init_model: Path,
+           parent_run_id: str):
+    """The Ray Tune run: one trial per sampled point, ASHA stopping on validation reports."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    return tune.Tuner(
+        tune.with_resources(_trial, {"CPU": 0.01}),  # the trial driver only waits on its trainer's workers
+        param_space={
+            "train": asdict(train_cfg), "stage": asdict(stage), "workdir": str(workdir), "init_model": str(init_model),
+            "parent_run_id": parent_run_id, "sole_trial": sweep.max_concurrent == 1,
+            "params": {k: _domain(v) for k, v in sweep.space.items()},
+        },
+        tune_config=tune.TuneConfig(
+            metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
+            max_concurrent_trials=sweep.max_concurrent,
+            # the generator itself must hold trials back: Tune's own limit alone let both start here
+            search_alg=BasicVariantGenerator(random_state=sweep.seed, max_concurrent=sweep.max_concurrent),
+            # time = validation reports; without a fixed step count (epochs) the bound is only a ceiling
+            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=_reports(stage),
+                                    grace_period=sweep.asha.grace_period, reduction_factor=sweep.asha.reduction_factor),
+        ),
+        run_config=tune.RunConfig(name=f"sweep-{sweep.stage}", storage_path=train_cfg.storage_path or str(workdir / "ray")),
+    )
+
+
+def run_sweep(sweep: SweepConfig, address: str | None = None, train_cfg: TrainConfig | None = None,
+              init_model: Path | None = None, nested: bool = False) -> SweepResult:
+    """Sweep ``sweep.stage`` of ``train_cfg`` (default: the YAML ``sweep.train``), every trial starting from
+    ``init_model`` (default: the stage's input under the training workdir). ``nested``: the sweep run is a child of
+    the active MLflow run (a pipeline's)."""
+    import mlflow
+
+    from pipelines.ray_runtime import init_ray
+    from pipelines.training.stages import stage_input
+
+    train_cfg, stage = _trial_config(sweep, train_cfg)
     workdir = Path(sweep.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     train_cfg.mlflow.tracking_uri = train_cfg.mlflow.tracking_uri or default_uri(workdir)
@@ -207,25 +238,7 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, train_cfg: TrainCo
                           nested=nested) as parent:
         mlflow.log_params({"sweep.samples": sweep.num_samples, "sweep.metric": sweep.metric, "sweep.mode": sweep.mode,
                            **{f"space.{k}": f"{v.kind}({v.values or [v.low, v.high]})" for k, v in sweep.space.items()}})
-        tuner = tune.Tuner(
-            tune.with_resources(_trial, {"CPU": 0.01}),  # the trial driver only waits on its trainer's workers
-            param_space={
-                "train": asdict(train_cfg), "stage": asdict(stage), "workdir": str(workdir), "init_model": str(init_model),
-                "parent_run_id": parent.info.run_id, "sole_trial": sweep.max_concurrent == 1, "params": {k: _domain(v) for k, v in sweep.space.items()},
-            },
-            tune_config=tune.TuneConfig(
-                metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
-                max_concurrent_trials=sweep.max_concurrent,
-                # the generator itself must hold trials back: Tune's own limit alone let both start here
-                search_alg=BasicVariantGenerator(random_state=sweep.seed, max_concurrent=sweep.max_concurrent),
-                # time = validation reports; without a fixed step count (epochs) the bound is only a ceiling
-                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=_reports(stage),
-                                        grace_period=sweep.asha.grace_period,
-                                        reduction_factor=sweep.asha.reduction_factor),
-            ),
-            run_config=tune.RunConfig(name=f"sweep-{sweep.stage}", storage_path=train_cfg.storage_path or str(workdir / "ray")),
-        )
-        grid = tuner.fit()
+        grid = _tuner(sweep, train_cfg, stage, workdir, init_model, parent.info.run_id).fit()
         release_leftover_groups(workdir)  # every trial has ended now
         end_stopped_runs(train_cfg.tracking_uri(), parent.info.run_id)
         # a trial's score: the mean of its last RANK_REPORTS validations, so one lucky early report (validation
