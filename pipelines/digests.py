@@ -37,13 +37,29 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def content_digest(files: list[RawFile], root: Path) -> str:
-    """sha256 over (relative path, file sha256) pairs; hashing runs in threads (hashlib releases the GIL)."""
+def file_digests(files: list[RawFile], known: dict[str, tuple[int, int, str]], content: bool) -> dict[str, str]:
+    """Digest per file path: its sha256, reused from ``known`` (path -> size, mtime_ns, digest) while size and mtime
+    are unchanged, so a re-ingest hashes only new or changed files. Without ``content``, ``stat:<size>:<mtime>``.
+    Hashing runs in threads (hashlib releases the GIL)."""
+    if not content:
+        return {str(f.path): f"stat:{f.size}:{f.mtime_ns}" for f in files}
+    out, todo = {}, []
+    for f in files:
+        old = known.get(str(f.path))
+        if old and old[:2] == (f.size, f.mtime_ns) and not old[2].startswith("stat:"):
+            out[str(f.path)] = old[2]
+        else:
+            todo.append(f.path)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        digests = list(pool.map(file_sha256, [f.path for f in files]))
+        out.update(zip(map(str, todo), pool.map(file_sha256, todo)))
+    return out
+
+
+def content_digest(files: list[RawFile], root: Path, digests: dict[str, str]) -> str:
+    """A root's digest: sha256 over its files' (relative path, digest) pairs."""
     h = hashlib.sha256()
-    for f, d in zip(files, digests, strict=True):
-        h.update(f"{f.path.relative_to(root).as_posix()}\0{d}\n".encode())
+    for f in files:
+        h.update(f"{f.path.relative_to(root).as_posix()}\0{digests[str(f.path)]}\n".encode())
     return h.hexdigest()
 
 

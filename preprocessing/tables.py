@@ -9,8 +9,10 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import re
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -72,13 +74,76 @@ def read_csv_strings(path: Path, required: Sequence[str] = ()) -> pl.DataFrame:
     return frame
 
 
-def read_csv_rows(path: Path) -> list[list[str]]:
-    """The data rows of a table read by position (the header is skipped): for headers a CSV parser cannot name,
-    such as NIH's ``OriginalImage[Width,Height]`` with commas inside the brackets. Blank lines are not rows."""
+def _csv_rows(path: Path) -> list[list[str]]:
+    """Every non-blank row, header included, as cells (no column names needed)."""
     try:
-        return [row for row in csv.reader(io.StringIO(table_bytes(path).decode("utf-8"))) if row][1:]
+        return [row for row in csv.reader(io.StringIO(table_bytes(path).decode("utf-8"))) if row]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise TableError(path, f"not a readable UTF-8 CSV ({exc})") from exc
+
+
+def read_csv_rows(path: Path) -> list[list[str]]:
+    """The data rows of a table read by position (the header is skipped). Blank lines are not rows."""
+    return _csv_rows(path)[1:]
+
+
+_BRACKETS = re.compile(r"\[([^\]]*)\]")
+
+
+def span_columns(header: list[str]) -> list[tuple[str, slice]]:
+    """Header cells -> (column name, the data cells it covers), in order. NIH names a group of values with a
+    bracketed list (``OriginalImage[Width,Height]``, ``Bbox [x,y,w,h]``): such a name covers one data cell per list
+    item, whether the file splits it at its commas (as shipped) or quotes it whole. Empty names (NIH's trailing
+    commas) cover one cell each and are left out."""
+    out: list[tuple[str, slice]] = []
+    i = pos = 0
+    while i < len(header):
+        name, i = header[i], i + 1
+        opened = name.rfind("[")
+        if opened >= 0 and "]" not in name[opened:]:   # split at its commas: re-join it up to the closing bracket
+            end = next((j for j in range(i, len(header)) if "]" in header[j]), None)
+            if end is not None:
+                name, i = ",".join([name, *header[i:end + 1]]), end + 1
+        group = _BRACKETS.search(name)
+        width = group.group(1).count(",") + 1 if group else 1
+        if name.strip():
+            out.append((name.strip(), slice(pos, pos + width)))
+        pos += width
+    return out
+
+
+@dataclass(frozen=True)
+class SpanTable:
+    """A table read by column name where a name may cover several cells (see :func:`span_columns`)."""
+
+    columns: dict[str, slice]
+    rows: list[list[str]]
+
+    def has(self, row: list[str], names: Sequence[str]) -> bool:
+        """Whether the row reaches every cell of these columns (a short row does not)."""
+        return all(self.columns[n].stop <= len(row) for n in names)
+
+    def cell(self, row: list[str], name: str) -> str:
+        start = self.columns[name].start
+        return row[start] if start < len(row) else ""
+
+    def cells(self, row: list[str], name: str) -> list[str]:
+        return row[self.columns[name]]
+
+
+def read_span_table(path: Path, required: Sequence[str]) -> SpanTable:
+    """A table whose header :func:`span_columns` can name, so re-saved copies with reordered or extra columns read
+    the same; TableError when a ``required`` column is missing or named twice."""
+    header, *rows = _csv_rows(path) or [[]]
+    spans = span_columns(header)
+    names = [n for n, _ in spans]
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise TableError(path, f"missing column(s) {missing}; it has {names[:12]}")
+    twice = [c for c in required if names.count(c) > 1]
+    if twice:
+        raise TableError(path, f"column(s) {twice} appear more than once, so which to read is unclear")
+    return SpanTable(dict(reversed(spans)), rows)   # reversed: a repeated optional name keeps its first place
 
 
 def parse_float(value: str | None) -> float | None:

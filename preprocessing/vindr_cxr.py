@@ -1,10 +1,13 @@
 """VinDr-CXR: per-reader boxes and labels -> one record per image; readers' boxes are fused per class (WBF).
 
-Train labels are the majority vote of the three readers; the official test set is split 50/50 into val/test
-with a seeded shuffle so the split is reproducible.
+Two layouts are read. PhysioNet's (``annotations/``, checked first): train labels are the majority vote of the
+three readers' image-label rows; the official test set is split 50/50 into val/test with a seeded shuffle so the
+split is reproducible. Kaggle's "VinBigData" copy (``train.csv`` beside ``train/``, see :func:`read_kaggle`) has one
+row per (image, reader, box) and no label table, so its labels are voted from those rows.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,6 +23,16 @@ WBF_IOU = 0.1
 WBF_SKIP = 1e-4
 LABEL_RENAMES = {"Other diseases": "Other disease"}
 GLOBAL_ONLY = set(VINDR_LABELS_28) - set(VINDR_LOCAL_22)
+COORDS = ("x_min", "y_min", "x_max", "y_max")
+BOX_COLUMNS = ("image_id", "class_name", *COORDS)
+# Kaggle "VinBigData" train.csv: its 14 classes in class_id order, then "No finding" (class_id 14)
+KAGGLE_TABLE = "train.csv"
+KAGGLE_CLASSES: tuple[str, ...] = (
+    "Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "ILD", "Infiltration",
+    "Lung Opacity", "Nodule/Mass", "Other lesion", "Pleural effusion", "Pleural thickening", "Pneumothorax",
+    "Pulmonary fibrosis", VINDR_NO_FINDING,
+)
+KAGGLE_COLUMNS = ("image_id", "class_name", "rad_id", *COORDS)
 
 
 def fuse_boxes(boxes: list[PixelBox], width: int, height: int) -> list[PixelBox]:
@@ -59,27 +72,51 @@ def _labels(path: Path, raw_root: Path, rejects: list[Reject]) -> dict[str, dict
     return {img: {n: int(sum(v[n] for v in vs) * 2 > len(vs)) for n in vs[0]} for img, vs in votes.items()}
 
 
+def _box(row: dict[str, str | None], where: str, rejects: list[Reject]) -> PixelBox | None:
+    """The box of one annotation row; None for a row without one ("No finding", a global label without
+    coordinates) and for unreadable coordinates, which become a reject naming the row."""
+    name = row["class_name"]
+    if name == VINDR_NO_FINDING or (name in GLOBAL_ONLY and row["x_min"] is None):
+        return None
+    try:
+        coords = [parse_float(row[k]) for k in COORDS]
+        if any(c is None for c in coords):
+            raise ValueError("empty coordinate")
+        if not all(math.isfinite(c) for c in coords):
+            raise ValueError(f"non-finite coordinate {coords}")
+    except ValueError as exc:
+        rejects.append(Reject(SOURCE, where, "box", f"unreadable {name} box ({exc})", str(row["image_id"])))
+        return None
+    return PixelBox(name, *coords, reader=row.get("rad_id"))
+
+
 def _boxes(path: Path, raw_root: Path, rejects: list[Reject]) -> dict[str, list[PixelBox]]:
     out: dict[str, list[PixelBox]] = defaultdict(list)
-    columns = ("image_id", "class_name", "x_min", "y_min", "x_max", "y_max")
-    for i, row in enumerate(read_csv_strings(path, columns).iter_rows(named=True)):
+    for i, row in enumerate(read_csv_strings(path, BOX_COLUMNS).iter_rows(named=True)):
         out.setdefault(row["image_id"], [])
-        name = row["class_name"]
-        if name == VINDR_NO_FINDING or (name in GLOBAL_ONLY and row["x_min"] is None):
-            continue
-        try:
-            coords = [parse_float(row[k]) for k in ("x_min", "y_min", "x_max", "y_max")]
-            if any(c is None for c in coords):
-                raise ValueError("empty coordinate")
-        except ValueError as exc:
-            rejects.append(Reject(SOURCE, f"{relative(path, raw_root)}#row{i + 2}", "box",
-                                  f"unreadable {name} box ({exc})", row["image_id"]))
-            continue
-        out[row["image_id"]].append(PixelBox(name, *coords, reader=row.get("rad_id")))
+        box = _box(row, f"{relative(path, raw_root)}#row{i + 2}", rejects)
+        if box is not None:
+            out[row["image_id"]].append(box)
     return out
 
 
 def read_vindr(root: Path, raw_root: Path, seed: int) -> tuple[list[RawRecord], list[Reject]]:
+    """Records of either layout: PhysioNet's ``annotations/`` when present, else Kaggle's ``train.csv``."""
+    kaggle = None if (root / "annotations").is_dir() else find_table(root, KAGGLE_TABLE)
+    if kaggle is not None:
+        return read_kaggle(root, kaggle, raw_root)
+    return _read_physionet(root, raw_root, seed)
+
+
+def _record(root: Path, raw_root: Path, folder: str, image_id: str, split: str, boxes: list[PixelBox],
+            labels: dict[str, int]) -> RawRecord:
+    image = root / folder / f"{image_id}.dicom"
+    return RawRecord(source=SOURCE, split=split, sample_id=image_id, image_id=image_id, image_path=str(image),
+                     source_path=relative(image, raw_root), view_position="PA", boxes=boxes,
+                     fuse_boxes=folder == "train", labels=labels)
+
+
+def _read_physionet(root: Path, raw_root: Path, seed: int) -> tuple[list[RawRecord], list[Reject]]:
     rejects: list[Reject] = []
     ann = root / "annotations"
     records: list[RawRecord] = []
@@ -87,23 +124,59 @@ def read_vindr(root: Path, raw_root: Path, seed: int) -> tuple[list[RawRecord], 
         names = f"annotations_{official}.csv", f"image_labels_{official}.csv"
         box_file, label_file = find_table(ann, names[0]), find_table(ann, names[1])
         if box_file is None or label_file is None:
-            rejects.append(Reject(SOURCE, relative(ann, raw_root), "table", f"missing {names[0]} or {names[1]} (or .csv.gz)"))
+            rejects.append(Reject(SOURCE, relative(ann, raw_root), "table",
+                                  f"missing {names[0]} or {names[1]} (or .csv.gz); nor is there a Kaggle "
+                                  f"{KAGGLE_TABLE} in {relative(root, raw_root)}"))
             continue
         boxes = _boxes(box_file, raw_root, rejects)
         labels = _labels(label_file, raw_root, rejects)
         ids = sorted(set(boxes) | set(labels))
+        split_of = {image_id: "train" for image_id in ids}
         if official == "test":
             order = np.random.default_rng(seed).permutation(len(ids))
             half = len(ids) // 2
             split_of = {ids[j]: ("val" if k < half else "test") for k, j in enumerate(order)}
         for image_id in ids:
-            image = root / official / f"{image_id}.dicom"
             if image_id not in labels:
-                rejects.append(Reject(SOURCE, relative(image, raw_root), "table",
+                rejects.append(Reject(SOURCE, relative(root / official / f"{image_id}.dicom", raw_root), "table",
                                       f"image {image_id} has boxes but no image-label row; kept with boxes only", image_id))
-            records.append(RawRecord(
-                source=SOURCE, split="train" if official == "train" else split_of[image_id], sample_id=image_id,
-                image_id=image_id, image_path=str(image), source_path=relative(image, raw_root), view_position="PA",
-                boxes=boxes.get(image_id, []), fuse_boxes=official == "train", labels=labels.get(image_id, {}),
-            ))
+            records.append(_record(root, raw_root, official, image_id, split_of[image_id], boxes.get(image_id, []),
+                                   labels.get(image_id, {})))
+    return records, rejects
+
+
+def majority_vote(marks: dict[str, set[str]], names: tuple[str, ...]) -> dict[str, int]:
+    """Per label, 1 when more than half of the image's readers marked it (each reader counts once), else 0."""
+    return {n: int(2 * sum(n in m for m in marks.values()) > len(marks)) for n in names}
+
+
+def read_kaggle(root: Path, table: Path, raw_root: Path) -> tuple[list[RawRecord], list[Reject]]:
+    """Kaggle "VinBigData" layout: ``train.csv`` (``image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max``,
+    one row per image, reader and box; "No finding" rows have empty coordinates) and ``train/<image_id>.dicom``.
+
+    Labels are the majority vote of each image's readers over the 14 Kaggle classes and "No finding" (a reader
+    marks a class by any row naming it, even one whose box is unreadable); the 8 local and 5 global VinDr labels
+    Kaggle dropped are left out, i.e. unknown rather than absent. Boxes are fused per class as for PhysioNet's
+    train set. Every image goes to split "train": Kaggle kept the official test labels back for its competition,
+    so its ``test/`` DICOMs have no annotation and are not records, and there is no labelled set to split into
+    val/test (use the PhysioNet copy for VinDr evaluation). Rows without an image, a reader or a Kaggle class are
+    rejects naming the row and count for nothing.
+    """
+    where = relative(table, raw_root)
+    rejects: list[Reject] = []
+    marks: dict[str, dict[str, set[str]]] = defaultdict(dict)
+    boxes: dict[str, list[PixelBox]] = defaultdict(list)
+    for i, row in enumerate(read_csv_strings(table, KAGGLE_COLUMNS).iter_rows(named=True)):
+        image_id, rad_id, name = row["image_id"], row["rad_id"], row["class_name"]
+        problem = ("no image_id" if not image_id else "no rad_id" if not rad_id else
+                   None if name in KAGGLE_CLASSES else f"class_name {name!r} is not a Kaggle class nor 'No finding'")
+        if problem is not None:
+            rejects.append(Reject(SOURCE, f"{where}#row{i + 2}", "table", f"{problem}; row left out", image_id or ""))
+            continue
+        marks[image_id].setdefault(rad_id, set()).add(name)
+        box = _box(row, f"{where}#row{i + 2}", rejects)
+        if box is not None:
+            boxes[image_id].append(box)
+    records = [_record(root, raw_root, "train", image_id, "train", boxes[image_id],
+                       majority_vote(marks[image_id], KAGGLE_CLASSES)) for image_id in sorted(marks)]
     return records, rejects

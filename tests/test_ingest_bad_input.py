@@ -117,13 +117,14 @@ def test_too_many_rejects_in_a_source_fail_the_job(broken, ray_local, tmp_path):
 
 
 def test_a_reader_bug_fails_the_job_with_its_source(synth_raw, monkeypatch, tmp_path):
-    from pipelines.ingest import job as ingest
+    from pipelines.ingest import plan
+    from pipelines.ingest.job import IngestError
 
     def bug(*args, **kwargs):
         raise AttributeError("'NoneType' object has no attribute 'split'")
 
-    monkeypatch.setattr(ingest, "read_nih", bug)
-    with pytest.raises(ingest.IngestError, match="the nih_cxr reader failed") as info:
+    monkeypatch.setattr(plan, "read_nih", bug)
+    with pytest.raises(IngestError, match="the nih_cxr reader failed") as info:
         run_ingest(synth_raw, tmp_path / "out", IngestConfig(image_size=SIZE))
     assert isinstance(info.value.__cause__, AttributeError)
 

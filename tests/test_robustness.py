@@ -9,13 +9,13 @@ import pytest
 from PIL import Image
 
 import pipelines.ingest.process as process
-from pipelines.ingest.job import read_sources, source_roots
-from pipelines.ingest.config import IngestConfig, SourcePaths
+from pipelines.ingest.config import IngestConfig
+from pipelines.ingest.plan import read_sources, source_roots
 from preprocessing.chest_imagenome import parse_scene_graph
 from preprocessing.mimic_cxr import read_mimic_cxr
 from preprocessing.records import PixelBox, RawRecord
 from preprocessing.vindr_cxr import read_vindr
-from tests_support import write_csv
+from tests_support import only_sources, write_csv
 
 HEADER = ("subject_id,study_id,Atelectasis,Cardiomegaly,Consolidation,Edema,Enlarged Cardiomediastinum,Fracture,"
           "Lung Lesion,Lung Opacity,No Finding,Pleural Effusion,Pleural Other,Pneumonia,Pneumothorax,Support Devices")
@@ -53,8 +53,8 @@ def test_zero_size_metadata_row_is_rejected(tmp_path):
 
 def test_duplicate_rows_become_one_record_and_a_reject(tmp_path):
     _mimic(tmp_path, [], [f"{A},10000001,50000001,,PA,300,200,21500101,1.0,,,"] * 2)
-    roots = source_roots(tmp_path, IngestConfig())
-    records, rejects = read_sources(tmp_path, roots, IngestConfig())
+    cfg = IngestConfig(sources=only_sources("mimic_cxr_jpg"))
+    records, rejects = read_sources(tmp_path, source_roots(tmp_path, cfg), cfg)
     assert [r.image_id for r in records] == [A]
     assert [r.stage for r in rejects] == ["table"] and "duplicate" in rejects[0].reason
 
@@ -64,7 +64,7 @@ def test_an_unreadable_table_skips_only_its_source(tmp_path):
     vindr = tmp_path / "vindr-cxr" / "1.0.0" / "annotations"
     for name in ("annotations_train.csv", "image_labels_train.csv", "annotations_test.csv", "image_labels_test.csv"):
         write_csv(vindr / name, [])   # empty files: the csv parser raises
-    cfg = IngestConfig(sources=SourcePaths(chest_imagenome=None, ms_cxr=None, nih_cxr=None))
+    cfg = IngestConfig(sources=only_sources("mimic_cxr_jpg", "vindr_cxr"))
     records, rejects = read_sources(tmp_path, source_roots(tmp_path, cfg), cfg)
     assert [r.source for r in records] == ["mimic_cxr"]
     assert [(r.source, r.stage) for r in rejects] == [("vindr_cxr", "table")] and "cannot read vindr_cxr" in rejects[0].reason

@@ -28,3 +28,15 @@ def write_dicom(path: Path, arr: np.ndarray, photometric: str, bits: int, **tags
         setattr(ds, key, value)
     ds.save_as(path, enforce_file_format=True)
     return ds
+
+
+def only_sources(*names: str):
+    """SourcePaths with the named roots at their defaults and every other source null (a configured source whose
+    folder is absent fails the ingest)."""
+    from dataclasses import fields
+
+    from pipelines.ingest.config import SourcePaths
+
+    unknown = set(names) - {f.name for f in fields(SourcePaths)}
+    assert not unknown, unknown
+    return SourcePaths(**{f.name: f.default if f.name in names else None for f in fields(SourcePaths)})

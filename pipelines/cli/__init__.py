@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     from chex_model.checkpoint import CheckpointError
     from chex_model.typed_config import ConfigError
     from evaluation.meteor import MissingJavaError
+    from pipelines.ingest.checks import IngestError
+    from pipelines.ray_runtime import RayUnavailable
     from pipelines.workflow.state import StageFailed
 
     try:
@@ -37,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     except StageFailed as exc:
         print(f"chex {args.command}: error: {exc} (earlier stages' results are kept: rerun to continue from there)", file=sys.stderr)
         return 1
-    except (ConfigError, CheckpointError, FileNotFoundError, MissingJavaError) as exc:
+    except (ConfigError, CheckpointError, FileNotFoundError, MissingJavaError, RayUnavailable,
+            IngestError) as exc:
         print(f"chex {args.command}: error: {exc}", file=sys.stderr)
         return 1
     return 0

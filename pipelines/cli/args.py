@@ -45,4 +45,6 @@ def model_folder(path: Path, flag: str = "--model") -> Path:
 
 
 def add_ray_address(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", default=None, help="Ray cluster address ('auto' or host:port); default local")
+    p.add_argument("--address", default=None, help="Ray cluster: host:port, ray://host:port, 'auto' (the one `ray start` "
+                   "ran here) or 'local' (a private instance); default: $RAY_ADDRESS, else a running local cluster, "
+                   "else a private instance")

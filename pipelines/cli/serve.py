@@ -74,14 +74,14 @@ def run_serve(args: argparse.Namespace) -> None:
     import ray
     from ray import serve
 
+    from pipelines.ray_runtime import init_ray
     from pipelines.serving.api_inputs import Limits
     from pipelines.serving.app import ServeSettings, application
 
     settings = ServeSettings(source.pinned, source.tracking_uri, args.precision, token_sha256,  # every replica alike
                              Limits(args.max_image_mb * 1024 * 1024, args.max_queries), args.max_batch,
                              args.batch_wait_ms / 1000)
-    ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=False,
-             configure_logging=True, logging_level="WARNING")
+    init_ray(args.address, include_dashboard=False, configure_logging=True, logging_level="WARNING")
     serve.start(http_options={"host": args.host, "port": args.port}, logging_config={"log_level": "WARNING"})
     serve.run(application(settings, args.replicas, args.autoscale, args.gpus, args.cpus), name="chex", route_prefix="/",
               blocking=False)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class SourcePaths:
-    """Dataset roots, relative to --raw or absolute; null (or a missing folder) skips that source."""
+    """Dataset roots, relative to --raw or absolute; null skips a source, a missing folder fails the job."""
 
     mimic_cxr_jpg: str | None = "mimic-cxr-jpg/2.0.0"
     mimic_cxr_reports: str | None = "mimic-cxr/2.0.0"
@@ -27,4 +27,5 @@ class IngestConfig:
     # DICOM Modality values kept as chest radiographs; others (CT, MR, SEG, ...) are rejects. Empty = no check.
     allowed_modalities: list[str] = field(default_factory=lambda: ["CR", "DX"])
     max_reject_fraction: float = 0.05  # fail the job when a source loses more of its records than this to rejects
+    allow_missing_images: bool = False  # true = a partial mirror: image files the metadata lists may be absent
     sources: SourcePaths = field(default_factory=SourcePaths)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.ingest.checks import MISSING
 from preprocessing.archive import read_member
 from preprocessing.box_geometry import box_inside_image, clip_xyxy, xyxy_to_stored_cxcywh
 from preprocessing.chest_imagenome import SceneGraphError, parse_scene_graph
@@ -78,6 +79,8 @@ def process_record(rec: RawRecord, image_size: int, equalize_dicom: bool, senten
     try:
         image = load_resized(Path(rec.image_path), image_size, equalize_dicom=equalize_dicom,
                              allow_truncated=allow_truncated)
+    except FileNotFoundError:  # listed by the scan, gone since: a missing image, not a corrupt one
+        return None, [Reject(rec.source, rec.source_path, MISSING, "image file not found", rec.sample_id)]
     except (ImageDecodeError, OSError) as exc:
         return None, [Reject(rec.source, rec.source_path, "image", str(exc), rec.sample_id)]
     rejects = _modality_rejects(rec, image.modality, allowed_modalities)

@@ -47,7 +47,7 @@ FILE_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in PARTITION_COLUMNS])
 REJECT_SCHEMA = pa.schema([
     pa.field("source", pa.string(), nullable=False),
     pa.field("source_path", pa.string(), nullable=False),
-    pa.field("stage", pa.string(), nullable=False),           # table | image | report | scene_graph | box | phrase
+    pa.field("stage", pa.string(), nullable=False),           # table | missing | image | report | scene_graph | box | phrase
     pa.field("reason", pa.string(), nullable=False),
     pa.field("record_id", pa.string(), nullable=False),
 ])

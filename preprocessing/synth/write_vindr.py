@@ -1,4 +1,5 @@
-"""VinDr-CXR: DICOM images (MONOCHROME1/2, 12-16 bit, some compressed) and 3-reader train / consensus test CSVs."""
+"""VinDr-CXR: DICOM images (MONOCHROME1/2, 12-16 bit, some compressed) and 3-reader train / consensus test CSVs,
+as PhysioNet ships them or as Kaggle's "VinBigData" copy (one train.csv of 14 classes)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from preprocessing.synth.catalog import CATALOG
 from preprocessing.synth.files import csv_text, write_text
 from preprocessing.synth.phantom import Lesion, render_frontal
 from preprocessing.synth.truth import hex_id, sample_lesions
+from preprocessing.vindr_cxr import KAGGLE_CLASSES
 
 VINDR_DIR = "vindr-cxr/1.0.0"
 DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -130,3 +132,39 @@ def _labels(im: VindrImage, seen: list[int], global_names: tuple[str, ...]) -> l
 def image_path(root: Path, im: VindrImage) -> Path:
     return root / VINDR_DIR / im.split / f"{im.image_id}.dicom"
 
+
+
+KAGGLE_DIR = "vinbigdata"
+KAGGLE_HEADER = ("image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max")
+
+
+def kaggle_image_path(root: Path, im: VindrImage) -> Path:
+    return root / KAGGLE_DIR / im.split / f"{im.image_id}.dicom"
+
+
+def write_kaggle(root: Path, images: list[VindrImage], rng: np.random.Generator
+                 ) -> tuple[dict[str, list], dict[str, dict[str, list[int]]]]:
+    """The Kaggle "VinBigData" copy of the same images: every DICOM (``train/``, and ``test/`` whose labels Kaggle
+    kept back) and one ``train.csv`` with 3 readers per train image, each missing a lesion now and then, naming only
+    Kaggle's 14 classes (a reader who drew none of them writes a "No finding" row without coordinates). Renders
+    serially, for small trees. Returns the lesion boxes per image and, per train image, the lesions each reader saw."""
+    boxes = {im.image_id: render_dicom(kaggle_image_path(root, im), im) for im in images}
+    seen_by: dict[str, dict[str, list[int]]] = {}
+    rows: list[tuple] = []
+    for im in (im for im in images if im.split == "train"):
+        seen_by[im.image_id] = {}
+        for reader in rng.choice(np.arange(1, 18), size=3, replace=False):
+            seen = [i for i in range(len(im.lesions)) if rng.random() >= READER_MISS_P]
+            seen_by[im.image_id][f"R{reader}"] = seen
+            rows += _kaggle_rows(im, boxes[im.image_id], seen, rng, f"R{reader}")
+    write_text(root / KAGGLE_DIR / "train.csv", csv_text(KAGGLE_HEADER, rows))
+    return boxes, seen_by
+
+
+def _kaggle_rows(im: VindrImage, boxes: list, seen: list[int], rng: np.random.Generator, reader: str) -> list[tuple]:
+    rows = []
+    for i in seen:
+        coords = _coords(boxes[i], rng, BOX_JITTER)
+        rows += [(im.image_id, name, KAGGLE_CLASSES.index(name), reader, *coords)
+                 for name in CATALOG[im.lesions[i].kind].vindr if name in KAGGLE_CLASSES]
+    return rows or [(im.image_id, VINDR_NO_FINDING, KAGGLE_CLASSES.index(VINDR_NO_FINDING), reader, None, None, None, None)]
