@@ -1,4 +1,5 @@
-"""Decode CXR images (JPEG, PNG, DICOM) to 8-bit grayscale and resize them into the stored square frame.
+"""Decode CXR images (JPEG, PNG, DICOM; colour DICOMs by luminance) to 8-bit grayscale and resize them into the
+stored square frame.
 
 Speed: MIMIC-CXR-JPG images are ~2500x3000 but are stored at 256/512 px, so JPEGs are decoded with Pillow's
 ``draft`` (libjpeg DCT scaling by 1/2, 1/4 or 1/8), which skips most of the IDCT and resize work (Huffman decoding
@@ -36,6 +37,9 @@ PathLike = str | os.PathLike[str]
 _DICOM_SUFFIXES = {".dcm", ".dicom"}
 _PIL_SUFFIXES = {".jpg", ".jpeg", ".png"}
 _J2K_SYNTAXES = {JPEG2000Lossless, JPEG2000}
+_GRAY_PHOTOMETRICS = {(1, "MONOCHROME1"), (1, "MONOCHROME2")}
+# colour a radiograph may come in (a film scan, a PACS export); pydicom's pixel_array gives YBR back as RGB
+_COLOUR_PHOTOMETRICS = {(3, "RGB"), (3, "YBR_FULL"), (3, "YBR_FULL_422")}
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 # Level 1: on 512-px CXR-like images level 6 was only ~15% smaller but 5x slower to encode (~50 vs 10 ms, more
 # than the whole draft decode); PNG decode speed does not depend on the level.
@@ -252,8 +256,22 @@ def _ends_early(ds: pydicom.Dataset, file_size: int) -> bool:
     return tell + length > file_size or 0 < file_size - (tell + length) < 8
 
 
+def _pixels_cut_short(ds: pydicom.Dataset) -> str | None:
+    """Why a native (uncompressed) PixelData element is incomplete, if it is: the file was cut inside it, and
+    pydicom keeps the bytes that are there without a word."""
+    item = ds.get_item("PixelData")
+    length, value = getattr(item, "length", None), getattr(item, "value", None)
+    if length is None or length == 0xFFFFFFFF or not isinstance(value, bytes) or len(value) >= length:
+        return None
+    return f"truncated file: its pixel data holds {len(value)} of {length} bytes"
+
+
 def _read_dataset(path: PathLike) -> pydicom.Dataset:
-    """Parse a DICOM file and check it holds one grayscale frame; reasons tell truncation from missing pixels."""
+    """Parse a DICOM file and check it holds one grayscale or colour frame; reasons tell truncation from missing
+    pixels. A colour radiograph (a film scan, a PACS export) is kept and converted to luminance; several frames
+    are refused: a multi-frame chest DX is a dual-energy set or a tomosynthesis series, and which of its frames the
+    labels and boxes describe is unknown, so keeping any one of them could pair a bone image with soft-tissue
+    findings."""
     with open(path, "rb") as fh:
         try:
             ds = pydicom.dcmread(fh)
@@ -261,29 +279,45 @@ def _read_dataset(path: PathLike) -> pydicom.Dataset:
             raise ImageDecodeError(path, f"not a readable DICOM file ({type(e).__name__}: {e})") from e
     if "PixelData" not in ds:
         cut = _ends_early(ds, os.path.getsize(path))
-        raise ImageDecodeError(path, "truncated file: it ends before its pixel data" if cut else "no pixel data")
+        raise ImageDecodeError(path, "truncated file: its pixel data is missing or incomplete" if cut
+                               else "no pixel data")
+    if (short := _pixels_cut_short(ds)) is not None:
+        raise ImageDecodeError(path, short)
     photometric = str(ds.get("PhotometricInterpretation", ""))
     samples = _int_tag(path, ds, "SamplesPerPixel", 1)
-    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise ImageDecodeError(
-            path, f"only grayscale is supported (PhotometricInterpretation={photometric!r}, SamplesPerPixel={samples})"
-        )
+    if (samples, photometric) not in _GRAY_PHOTOMETRICS and (samples, photometric) not in _COLOUR_PHOTOMETRICS:
+        raise ImageDecodeError(path, f"unsupported PhotometricInterpretation={photometric!r} with SamplesPerPixel="
+                                     f"{samples} (grayscale, RGB and YBR_FULL(_422) are read)")
     if (frames := _int_tag(path, ds, "NumberOfFrames", 1)) != 1:
-        raise ImageDecodeError(path, f"unsupported multi-frame DICOM ({frames} frames)")
+        raise ImageDecodeError(path, f"multi-frame DICOM ({frames} frames): which frame the labels describe is unknown")
     for keyword in ("Rows", "Columns"):
         if _int_tag(path, ds, keyword, 0) <= 0:
             raise ImageDecodeError(path, f"invalid {keyword} {ds.get(keyword)!r}")
     return ds
 
 
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma of an (H, W, 3) RGB array as float64 (the weights of Pillow's ``convert("L")``).
+
+    Summed with integer weights, then divided by 1000: a gray pixel stored as three equal channels gives back its
+    own value exactly, so a grayscale image saved as RGB stores the same pixels as the original.
+    """
+    weighted = rgb.astype(np.int64) @ np.array([299, 587, 114], dtype=np.int64)
+    return weighted / 1000.0
+
+
 def _stored_pixels(path: PathLike, ds: pydicom.Dataset, min_side: int | None) -> tuple[np.ndarray, float]:
-    """Pixels after the modality LUT and any VOI LUT / window, and the decode scale (original px per decoded px)."""
+    """Pixels after the modality LUT and any VOI LUT / window (colour: luminance instead), and the decode scale
+    (original px per decoded px)."""
     try:
         reduced = _j2k_reduced(ds, min_side)
         arr, scale = reduced if reduced is not None else (ds.pixel_array, 1.0)
-        arr = apply_modality_lut(arr, ds)
-        if "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds):
-            arr = apply_voi_lut(arr, ds)
+        if _is_colour(ds):   # pydicom returns YBR as RGB; modality and VOI LUTs are defined for grayscale only
+            arr = _luminance(arr)
+        else:
+            arr = apply_modality_lut(arr, ds)
+            if "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds):
+                arr = apply_voi_lut(arr, ds)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # noqa: BLE001 - decoder plugins raise arbitrary types, Rust panics (BaseException) too
@@ -294,9 +328,15 @@ def _stored_pixels(path: PathLike, ds: pydicom.Dataset, min_side: int | None) ->
     return arr, scale
 
 
+def _is_colour(ds: pydicom.Dataset) -> bool:
+    """Checked by :func:`_read_dataset` to be one of the colour interpretations read."""
+    return (int(ds.get("SamplesPerPixel") or 1), str(ds.get("PhotometricInterpretation", ""))) in _COLOUR_PHOTOMETRICS
+
+
 def _load_dicom(path: PathLike, min_side: int | None = None) -> Decoded:
-    """DICOM -> uint8: modality LUT, VOI LUT/window if present, MONOCHROME1 inverted, min-max to [0, 255]; JPEG
-    2000 is decoded at a reduced level when min_side allows (scale > 1), in the same units as the full decode.
+    """DICOM -> uint8: modality LUT, VOI LUT/window if present, MONOCHROME1 inverted (colour: BT.601 luminance
+    instead), min-max to [0, 255]; JPEG 2000 is decoded at a reduced level when min_side allows (scale > 1), in
+    the same units as the full decode.
 
     Min-max after the VOI step: a window inside the data range saturates both ends, so min-max reproduces it
     exactly; without VOI tags this is the reference's plain min-max. MONOCHROME1 is inverted by negation before
@@ -315,6 +355,8 @@ def _load(path: PathLike, min_side: int | None, equalize_dicom: bool, allow_trun
     """:func:`load_gray` plus the decode scale and the DICOM modality, which :func:`load_resized` needs."""
     if os.path.isdir(path):
         raise ImageDecodeError(path, "is a directory, not an image file")
+    if os.path.getsize(path) == 0:   # a failed copy or download; decoders would only say "cannot identify"
+        raise ImageDecodeError(path, "empty file (0 bytes)")
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix in _DICOM_SUFFIXES or (suffix not in _PIL_SUFFIXES and _has_dicm_preamble(path)):
         dec = _load_dicom(path, min_side)

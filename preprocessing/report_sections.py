@@ -11,6 +11,7 @@ import re
 # "\n", ONE space, an upper-case name, ":", one whitespace char. Not preceded by "\n " => not a header.
 _HEADER = re.compile(r"\n ([A-Z ()/,-]+):\s")
 _PARAGRAPH = "\n \n"
+_LINE_ENDS = re.compile(r"\r\n?")
 
 # Fixed synonym/typo map, applied before the substring rules (a few entries are also covered by those).
 _NAME_MAP: dict[str, str] = {
@@ -76,7 +77,10 @@ def split_sections(text: str) -> list[tuple[str, str]]:
     `preamble` holds the text before the first header, `full report` the whole text if there is no header.
     Empty `findings`/`impression` sections are dropped; if neither remains and the last section has several
     paragraphs, everything after its first paragraph is added as `last_paragraph` (official behaviour).
+    CRLF and CR line ends are read as LF first, as the official parser's text-mode ``open`` does (reports reach us
+    as bytes, so nothing else would: a CR-only report would have no header at all).
     """
+    text = _LINE_ENDS.sub("\n", text)
     matches = _header_matches(text)
     if not matches:
         sections = [("full report", text)]

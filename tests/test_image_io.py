@@ -175,11 +175,11 @@ def test_dicom_failures_raise_decode_error(tmp_path: Path) -> None:
     data = (tmp_path / "ok.dcm").read_bytes()
     (tmp_path / "short.dcm").write_bytes(data[: len(data) - 3000])
     write_dicom(tmp_path / "multi.dcm", np.stack([_raw(12), _raw(12, 1)]), "MONOCHROME2", 12)
-    write_dicom(tmp_path / "rgb.dcm", np.zeros((8, 8, 3), np.uint8), "RGB", 8)
+    write_dicom(tmp_path / "pal.dcm", np.zeros((8, 8), np.uint8), "PALETTE COLOR", 8)
     ds = pydicom.dcmread(tmp_path / "ok.dcm")
     del ds.PixelData
     ds.save_as(tmp_path / "nopix.dcm", enforce_file_format=True)
-    for name in ("rand.dcm", "short.dcm", "multi.dcm", "rgb.dcm", "nopix.dcm"):
+    for name in ("rand.dcm", "short.dcm", "multi.dcm", "pal.dcm", "nopix.dcm"):
         with pytest.raises(ImageDecodeError, match=name):
             load_gray(tmp_path / name)
 

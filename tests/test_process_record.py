@@ -49,9 +49,9 @@ def test_box_outside_image_and_outside_crop_are_separate_rejects(small_jpeg):
     assert "'Mass' falls outside the stored centre crop" in reasons[0] and "'Nodule'" in reasons[1] and "outside the 400x500" in reasons[1]
 
 
-def test_missing_image_is_an_image_reject(tmp_path):
+def test_missing_image_is_a_missing_reject_not_a_corrupt_one(tmp_path):
     row, rejects = process_record(_record(tmp_path / "nope.jpg", None, []), 64, True, None)
-    assert row is None and rejects[0].stage == "image" and "nope.jpg" in rejects[0].reason
+    assert row is None and [(r.stage, r.reason) for r in rejects] == [("missing", "image file not found")]
 
 
 def _dicom(tmp_path: Path, name: str, **tags: object) -> Path:
