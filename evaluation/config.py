@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from evaluation.postprocess import BoxPostprocess
+from evaluation.protocol import Protocol
 
 ALL_TASKS: tuple[str, ...] = ("od_vindr", "od_nih", "od_mscxr", "sg_mscxr", "rc_mscxr", "rc_cig", "re_mscxr", "re_cig", "rg_mimic")
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -17,7 +18,8 @@ BASELINES = ("random", "oracle", "shuffled")
 
 @dataclass
 class SearchGrid:
-    """The reference's validation search grid (chex-reference §5)."""
+    """The reference's validation search grid (chex-reference §5); ``grounding_nms`` is the NMS grid of our
+    mIoU selection for grounding (the paper's selection tries ``detection_nms``)."""
 
     scales: list[float] = field(default_factory=lambda: [0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 2.0])
     temperatures: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45])
@@ -59,9 +61,13 @@ class EvalConfig:
     bootstrap: Bootstrap = field(default_factory=Bootstrap)
     grid: SearchGrid = field(default_factory=SearchGrid)
     postprocess: dict[str, BoxPostprocess] = field(default_factory=_default_postprocess)
+    protocol: Protocol = field(default_factory=Protocol)  # paper or ours per item (evaluation/protocol.py)
 
     def __post_init__(self) -> None:
         from chex_model.typed_config import ConfigError
+
+        if isinstance(self.protocol, str):
+            self.protocol = Protocol.preset(self.protocol)
 
         tasks: list[str] = []
         for t in self.tasks:

@@ -1,60 +1,20 @@
-"""The MLflow Model Registry side of the pipeline: a ChEX model as a pyfunc that answers queries, registered with the
-alias ``candidate`` and promoted to ``champion`` only when its evaluation beats the current champion's."""
+"""The MLflow Model Registry side of the pipeline: a ChEX model as a pyfunc that answers queries (logged from code,
+``pipelines/pyfunc_model.py``), registered with the alias ``candidate`` and promoted to ``champion`` only when its
+evaluation beats the current champion's."""
 from __future__ import annotations
 
-import base64
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
-import pandas as pd
 
 log = logging.getLogger(__name__)
 CANDIDATE, CHAMPION = "candidate", "champion"
 METRIC_TAG, EVAL_RUN_TAG = "eval_metric", "evaluation_run_id"
-
-
-def _image(value: Any) -> np.ndarray:
-    """PNG/JPEG bytes, or base64 text of them (what a REST client sends) -> pixels. Never a path: a served pyfunc
-    would otherwise read whatever server file a request names."""
-    from PIL import Image
-
-    try:
-        data = base64.b64decode(value, validate=True) if isinstance(value, str) else bytes(value)
-    except ValueError:
-        raise ValueError("image: send the file's bytes or their base64 text (a path is never read)") from None
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("L"))
-
-
-class ChexPyfunc(mlflow.pyfunc.PythonModel):
-    """Rows with ``image`` (bytes or base64), optional ``prompts`` (list of text queries), ``boxes`` (list of
-    normalized cx, cy, w, h) and ``report`` (bool) -> one dict per row: ``answers`` (box + sentence per query) and,
-    when asked, the grounded ``report``."""
-
-    def load_context(self, context) -> None:
-        from chex_model.chex import ChEX
-
-        self.model = ChEX.from_pretrained(context.artifacts["chex"])
-
-    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        rows = model_input.to_dict("records")
-        out = []
-        for row in rows:
-            image = _image(row["image"])
-            prompts = [str(p) for p in (row.get("prompts") if row.get("prompts") is not None else [])]
-            boxes = [list(map(float, b)) for b in (row.get("boxes") if row.get("boxes") is not None else [])]
-            answer: dict[str, Any] = {"answers": []}
-            if prompts or boxes:
-                answer["answers"] = [r.to_dict() for r in self.model.query(image, prompts, boxes)]
-            if row.get("report"):
-                answer["report"] = self.model.report(image).to_dict()
-            out.append(answer)
-        return out
+# the wrapper's source, logged as text and run on load (not imported here: it calls mlflow.models.set_model)
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 
 
 @dataclass
@@ -72,9 +32,11 @@ def results_metric(results: dict[str, Any], metric: str) -> float:
 
 
 def log_pyfunc(model_dir: Path) -> str:
-    """Log the model folder as a pyfunc in the active run; returns its model URI."""
+    """Log the model folder as a pyfunc in the active run; returns its model URI. The wrapper is logged as code
+    (``pipelines/pyfunc_model.py``, models from code), not pickled: loading a registered version unpickles nothing."""
     info = mlflow.pyfunc.log_model(
-        name="chex", python_model=ChexPyfunc(), artifacts={"chex": str(Path(model_dir).resolve())},
+        name="chex", python_model=MODEL_CODE,
+        artifacts={"chex": str(Path(model_dir).resolve())},  # the key pyfunc_model.ARTIFACT reads
         pip_requirements=["chex-pipeline", f"mlflow=={mlflow.__version__}"],
     )
     return info.model_uri

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -56,6 +57,37 @@ def index_reports(root: Path) -> tuple[str, set[str]]:
     return str(root), set()
 
 
+def _under(base: str, rel: str) -> str:
+    """`rel` below a folder given relative to the raw root ("." for the root itself)."""
+    return rel if base == "." else f"{base}/{rel}"
+
+
+def member_locator(container: str, raw_root: Path) -> Callable[[str], str]:
+    """`archive.location` for the members of one container, resolving the container's path once (resolving each of
+    377k member paths took most of the time to plan MIMIC-CXR)."""
+    if container.endswith(".zip"):
+        prefix = location(container, "", raw_root)
+        return lambda member: prefix + member
+    base = relative(Path(container), raw_root)
+    return lambda member: _under(base, member)
+
+
+def _attach(record: RawRecord, study_path: str, reports: tuple[str, set[str]] | None, graphs: dict[str, tuple[str, str]],
+            locate: Callable[[str, str], str], rejects: list[Reject], missing_reports: set[str]) -> None:
+    """Point the record at its study's report and its scene graph; one reject per study without a report."""
+    if reports is not None:
+        member = f"{study_path}.txt"
+        if member in reports[1]:
+            record.report, record.report_source_path = (reports[0], member), locate(reports[0], member)
+        elif record.study_id not in missing_reports:
+            missing_reports.add(record.study_id)
+            rejects.append(Reject(SOURCE, locate(reports[0], member), "report", f"study s{record.study_id} has no "
+                                  "report file; its images are kept without sentences", record.study_id))
+    if record.image_id in graphs:
+        record.scene_graph = graphs[record.image_id]
+        record.scene_graph_source_path = locate(*record.scene_graph)
+
+
 def read_mimic_cxr(jpg_root: Path, raw_root: Path, reports_root: Path | None = None,
                    scene_graphs: dict[str, tuple[str, str]] | None = None) -> tuple[list[RawRecord], list[Reject]]:
     """Join metadata and split on dicom_id, labels on (subject, study); attach report and scene-graph locations."""
@@ -67,9 +99,17 @@ def read_mimic_cxr(jpg_root: Path, raw_root: Path, reports_root: Path | None = N
     meta = read_csv_strings(meta_path, ("dicom_id", "subject_id", "study_id", "Rows", "Columns", "ViewPosition"))
     splits = read_csv_strings(split_path, ("dicom_id", "split")).select("dicom_id", "split")
     labels = read_chexpert(find_table(jpg_root, CHEXPERT), raw_root, rejects)
-    joined = meta.join(splits, on="dicom_id", how="left")
+    joined = meta.select("dicom_id", "subject_id", "study_id", "Rows", "Columns", "ViewPosition").join(
+        splits, on="dicom_id", how="left")
     reports = index_reports(reports_root) if reports_root is not None else None
-    missing_reports: set[int] = set()
+    locators: dict[str, Callable[[str], str]] = {}
+
+    def locate(container: str, member: str) -> str:
+        if container not in locators:
+            locators[container] = member_locator(container, raw_root)
+        return locators[container](member)
+
+    jpg_base, jpg_dir, missing_reports = relative(jpg_root, raw_root), str(jpg_root), set()
     for row in joined.iter_rows(named=True):
         try:
             subject, study = int(row["subject_id"]), int(row["study_id"])
@@ -80,31 +120,20 @@ def read_mimic_cxr(jpg_root: Path, raw_root: Path, reports_root: Path | None = N
             rejects.append(Reject(SOURCE, relative(meta_path, raw_root), "table",
                                   f"unparseable ids or size in metadata row {row}", str(row.get("dicom_id"))))
             continue
-        rel = f"{study_relpath(subject, study)}/{row['dicom_id']}.jpg"
+        study_path = study_relpath(subject, study)
+        rel = f"{study_path}/{row['dicom_id']}.jpg"
         split = MIMIC_SPLIT_MAP.get(row["split"] or "")
         if split is None:
-            rejects.append(Reject(SOURCE, relative(jpg_root / rel, raw_root), "table",
+            rejects.append(Reject(SOURCE, _under(jpg_base, rel), "table",
                                   f"no official split for dicom_id {row['dicom_id']}", row["dicom_id"]))
             continue
         record = RawRecord(
             source=SOURCE, split=split, sample_id=f"{subject}/{study}/{row['dicom_id']}", image_id=row["dicom_id"],
-            image_path=str(jpg_root / rel), source_path=relative(jpg_root / rel, raw_root),
+            image_path=f"{jpg_dir}/{rel}", source_path=_under(jpg_base, rel),
             patient_id=str(subject), study_id=str(study), view_position=row["ViewPosition"] or "",
             expected_size=(width, height), labels=labels.get((subject, study), {}),
         )
-        if reports is not None:
-            member = f"{study_relpath(subject, study)}.txt"
-            if member in reports[1]:
-                record.report = (reports[0], member)
-                record.report_source_path = location(reports[0], member, raw_root)
-            elif study not in missing_reports:
-                missing_reports.add(study)
-                rejects.append(Reject(SOURCE, location(reports[0], member, raw_root), "report",
-                                      f"study s{study} has no report file; its images are kept without sentences",
-                                      str(study)))
-        if scene_graphs and row["dicom_id"] in scene_graphs:
-            record.scene_graph = scene_graphs[row["dicom_id"]]
-            record.scene_graph_source_path = location(*record.scene_graph, raw_root)
+        _attach(record, study_path, reports, scene_graphs or {}, locate, rejects, missing_reports)
         records.append(record)
     unmatched = splits.join(meta.select("dicom_id"), on="dicom_id", how="anti")
     rejects += [Reject(SOURCE, relative(split_path, raw_root), "table", f"dicom_id {d} is in the split file but not in the metadata", d)

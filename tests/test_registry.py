@@ -50,10 +50,89 @@ def test_champion_moves_only_to_better_versions_and_pyfunc_answers(tiny_model_di
     assert "sentences" in out[0]["report"]
 
     from chex_model.chex import ChEX
-    from pipelines.registry import _image
+    from pipelines.pyfunc_model import image_pixels
 
-    direct = ChEX.from_pretrained(tiny_model_dir).query(_image(image), ["Pleural effusion"])[0]
+    direct = ChEX.from_pretrained(tiny_model_dir).query(image_pixels(image), ["Pleural effusion"])[0]
     assert text["box"] == direct.box and text["sentence"] == direct.sentence  # the pyfunc is the same model
+
+
+class Unpickled(AssertionError):
+    """Raised by the patched pickle entry points: something tried to unpickle."""
+
+
+def refuse_unpickling(monkeypatch) -> None:
+    """Every pickle / cloudpickle load entry point raises from here on (checked, so the guard cannot be a no-op)."""
+    import pickle
+
+    def refuse(*args, **kwargs):
+        raise Unpickled("unpickling attempted")
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    cloudpickle = pytest.importorskip("cloudpickle")
+    monkeypatch.setattr(cloudpickle, "loads", refuse)
+    monkeypatch.setattr(cloudpickle, "load", refuse)
+    with pytest.raises(Unpickled):
+        pickle.loads(pickle.dumps(1))
+
+
+def test_registered_pyfunc_loads_and_answers_without_unpickling(tiny_model_dir, tmp_path, monkeypatch):
+    """The wrapper travels as code (models from code), the weights as safetensors + JSON: loading a registered
+    version with every pickle loader refusing still answers, while a pickled wrapper (the old way) is refused."""
+    import hashlib
+
+    import mlflow
+    import pandas as pd
+    import yaml
+
+    from chex_model.chex import ChEX
+    from pipelines.pyfunc_model import ChexPyfunc, image_pixels
+    from pipelines.registry import register
+    from pipelines.tracking import ensure_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=ensure_experiment(uri, "no-pickle"))
+    with mlflow.start_run():
+        register(tiny_model_dir, "chex-safe", "od_vindr/mAP", 0.1)
+        pickled = mlflow.pyfunc.log_model(name="old", python_model=ChexPyfunc(), artifacts={"chex": str(tiny_model_dir)},
+                                          pip_requirements=["chex-pipeline"]).model_uri
+
+    tree = __import__("pathlib").Path(mlflow.artifacts.download_artifacts("models:/chex-safe/1", dst_path=str(tmp_path / "dl")))
+    files = {p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file()}
+    assert not [f for f in files if f.endswith(".pkl")]
+    flavor = yaml.safe_load((tree / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model" and "python_model" not in flavor
+    folder = flavor["artifacts"]["chex"]["path"] + "/"
+    weights = {p.relative_to(tiny_model_dir).as_posix(): p for p in tiny_model_dir.rglob("*") if p.is_file()}
+    assert {f.removeprefix(folder) for f in files if f.startswith(folder)} == set(weights)
+    for rel, src in weights.items():  # the checkpoint folder is carried byte for byte
+        sha = hashlib.sha256((tree / folder / rel).read_bytes()).hexdigest()
+        assert sha == hashlib.sha256(src.read_bytes()).hexdigest()
+    rest = {f for f in files if not f.startswith(folder)}
+    assert rest <= {"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt", "registered_model_meta",
+                    "pyfunc_model.py"} and "pyfunc_model.py" in rest
+    for f in rest:
+        (tree / f).read_text(encoding="utf-8")  # text (the wrapper's source among it), not a binary pickle
+
+    image = png_bytes(3)
+    direct = ChEX.from_pretrained(tiny_model_dir)
+    expect_text = direct.query(image_pixels(image), ["Cardiomegaly"], [[0.4, 0.5, 0.3, 0.3]])
+    expect_box = direct.query(image_pixels(image), [], [[0.6, 0.4, 0.2, 0.2]])
+    refuse_unpickling(monkeypatch)
+    with pytest.raises(Unpickled):
+        mlflow.pyfunc.load_model(pickled)  # the guard catches a pickled wrapper
+    model = mlflow.pyfunc.load_model("models:/chex-safe/1")
+    out = model.predict(pd.DataFrame([  # mixed rows: the second lacks prompts and report
+        {"image": base64.b64encode(image).decode(), "prompts": ["Cardiomegaly"], "boxes": [[0.4, 0.5, 0.3, 0.3]],
+         "report": True},
+        {"image": image, "boxes": [[0.6, 0.4, 0.2, 0.2]]}]))
+    assert [len(o["answers"]) for o in out] == [2, 1] and "report" in out[0] and "report" not in out[1]
+    for got, want in zip(out[0]["answers"] + out[1]["answers"], expect_text + expect_box):
+        assert len(got["box"]) == 4 and isinstance(got["sentence"], str)
+        assert got["box"] == want.box and got["sentence"] == want.sentence
+    assert isinstance(out[0]["report"]["sentences"], list)
 
 
 def test_register_then_lineage_walks_back_to_the_raw_digests(ingested, tiny_model_dir, tmp_path, capsys):
@@ -143,7 +222,8 @@ def test_serve_and_query_resolve_a_registry_uri(tiny_model_dir, tmp_path, monkey
     import mlflow
 
     from pipelines.cli import main
-    from pipelines.registry import _image, register
+    from pipelines.pyfunc_model import image_pixels
+    from pipelines.registry import register
     from pipelines.serving.model_source import ModelNotFound, resolve_model
     from pipelines.tracking import ensure_experiment
 
@@ -176,4 +256,4 @@ def test_serve_and_query_resolve_a_registry_uri(tiny_model_dir, tmp_path, monkey
     assert main(["query", str(image), "--prompt", "Left lung"]) == 2
     assert "make demo" in capsys.readouterr().err
     with pytest.raises(ValueError):
-        _image(str(image))  # a path is not base64 image bytes
+        image_pixels(str(image))  # a path is not base64 image bytes

@@ -29,6 +29,15 @@ class SynthConfig:
     vindr_test: int | None = None
     nih_images: int | None = None
     workers: int = 0                  # 0 = all cores
+    scale: float | None = None        # None = the sizes above; else this fraction of the real releases (1.0 = full)
+    metadata_only: bool = False       # with `scale`: every table at that size, pixels only for the sizes above
+
+    def __post_init__(self) -> None:
+        if self.scale is not None and not 0 < self.scale <= 1:
+            raise ValueError(f"scale must be a fraction within (0, 1], got {self.scale}")
+        if (self.scale is None) == self.metadata_only:
+            raise ValueError("metadata_only and a release scale go together: a full-scale tree renders only a sample, "
+                             "and a demo-sized one renders every image")
 
     def counts(self) -> tuple[int, int, int]:
         n = self.studies
@@ -64,7 +73,9 @@ MARKER = "chex-synth.json"
 
 def marker(cfg: SynthConfig) -> dict[str, Any]:
     """What identifies a generated tree (written last, so an interrupted run has none)."""
-    return {k: v for k, v in asdict(cfg).items() if k != "workers"}
+    defaults = asdict(SynthConfig())
+    return {k: v for k, v in asdict(cfg).items()
+            if k != "workers" and not (k in ("scale", "metadata_only") and v == defaults[k])}
 
 
 def sample_truth(cfg: SynthConfig) -> SynthTruth:
@@ -79,22 +90,32 @@ def sample_truth(cfg: SynthConfig) -> SynthTruth:
     )
 
 
-def synthesize(out: Path, cfg: SynthConfig) -> dict[str, int]:
-    """Generate all sources under `out`; returns counts per source. Same config -> byte-identical files."""
-    t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    truth = sample_truth(cfg)
-    studies, vindr, nih, rng = truth.studies, truth.vindr, truth.nih, truth.rng
-
+def render_all(out: Path, studies: list[StudyTruth], vindr: list[write_vindr.VindrImage], nih: list[write_nih.NihImage],
+               workers: int) -> tuple[dict[str, write_mimic.RenderedBoxes], dict[str, list], dict[str, list]]:
+    """Render these images on `workers` processes (0 = all cores); returns the boxes drawn, per source and image."""
     mimic_jobs = write_mimic.image_jobs(out, studies)
     jobs = ([(write_mimic.render_image, job) for job in mimic_jobs]
             + [(write_vindr.render_dicom, (write_vindr.image_path(out, im), im)) for im in vindr]
             + [(_render_nih, (write_nih.image_path(out, im), im)) for im in nih])
-    with ProcessPoolExecutor(max_workers=cfg.workers or os.cpu_count()) as pool:
+    with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
         results = list(pool.map(_call, jobs, chunksize=1))
     mimic_boxes = {im.dicom_id: r for (_, im, _), r in zip(mimic_jobs, results) if r is not None}
     vindr_boxes = {im.image_id: r for im, r in zip(vindr, results[len(mimic_jobs):len(mimic_jobs) + len(vindr)])}
     nih_boxes = {im.index: r for im, r in zip(nih, results[len(mimic_jobs) + len(vindr):])}
+    return mimic_boxes, vindr_boxes, nih_boxes
+
+
+def synthesize(out: Path, cfg: SynthConfig) -> dict[str, int]:
+    """Generate all sources under `out`; returns counts per source. Same config -> byte-identical files."""
+    if cfg.metadata_only:
+        from preprocessing.synth.metadata_only import synthesize_metadata_only
+
+        return synthesize_metadata_only(out, cfg)
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    truth = sample_truth(cfg)
+    studies, vindr, nih, rng = truth.studies, truth.vindr, truth.nih, truth.rng
+    mimic_boxes, vindr_boxes, nih_boxes = render_all(out, studies, vindr, nih, cfg.workers)
 
     write_mimic.write_tables(out, studies)
     reports = write_mimic.write_reports(out, studies)
@@ -104,6 +125,7 @@ def synthesize(out: Path, cfg: SynthConfig) -> dict[str, int]:
     write_nih.write_tables(out, nih, nih_boxes, rng["nih"])
     (out / MARKER).write_text(json.dumps(marker(cfg), sort_keys=True) + "\n")
     return {
-        "mimic_studies": len(studies), "mimic_images": len(mimic_jobs), "scene_graphs": sum(im.frontal for s in studies for im in s.images),
+        "mimic_studies": len(studies), "mimic_images": sum(len(s.images) for s in studies),
+        "scene_graphs": sum(im.frontal for s in studies for im in s.images),
         "vindr_images": len(vindr), "nih_images": len(nih), "seconds": round(time.perf_counter() - t0, 1),
     }

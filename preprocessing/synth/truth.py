@@ -18,6 +18,8 @@ UNCERTAIN_P = 0.1
 BILATERAL_EFFUSION_P = 0.2
 FRONTAL_SIZES = ((2544, 3056), (3056, 2544), (2539, 3050), (2832, 2836), (3050, 2539), (2022, 2022))
 SPLIT_P = {"train": 0.7, "validate": 0.15, "test": 0.15}
+REPORT_STYLES = ("standard", "impression_only", "headerless", "wet_read", "addendum")
+REPORT_STYLE_P = (0.6, 0.15, 0.1, 0.08, 0.07)
 _RANK = {1.0: 2, -1.0: 1, 0.0: 0}   # a positive mention outranks a hedge, which outranks a negation
 
 
@@ -165,8 +167,6 @@ def _study_time(rng: np.random.Generator) -> float:
 
 def sample_studies(rng: np.random.Generator, n_studies: int, image_scale: float) -> list[StudyTruth]:
     """MIMIC-CXR studies: 1-3 per patient, a frontal image each, often a lateral one, patient-level splits."""
-    styles = ("standard", "impression_only", "headerless", "wet_read", "addendum")
-    style_p = (0.6, 0.15, 0.1, 0.08, 0.07)
     studies: list[StudyTruth] = []
     patient = 0
     stride = max(1, 9_999_999 // n_studies)
@@ -184,7 +184,7 @@ def sample_studies(rng: np.random.Generator, n_studies: int, image_scale: float)
                 subject_id=subject_id, study_id=50000001 + len(studies), split=split,
                 study_date=base_date + visit + 1, study_time=_study_time(rng),
                 lesions=lesions, findings=findings, impression=impression,
-                report_style=str(rng.choice(styles, p=style_p)),
+                report_style=str(rng.choice(REPORT_STYLES, p=REPORT_STYLE_P)),
                 has_chexpert_row=len(studies) != 1,  # the real file lacks a row for a few studies
             )
             w, h = FRONTAL_SIZES[int(rng.integers(len(FRONTAL_SIZES)))]

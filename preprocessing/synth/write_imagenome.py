@@ -11,7 +11,7 @@ from preprocessing.classes import CIG_BBOX_NAMES_36
 from preprocessing.synth.catalog import CATALOG, SIZE_WORDS
 from preprocessing.synth.files import csv_text, write_text, write_zip
 from preprocessing.synth.report_writer import raw_phrase
-from preprocessing.synth.truth import Sentence, StudyTruth
+from preprocessing.synth.truth import ImageTruth, Sentence, StudyTruth
 from preprocessing.synth.write_mimic import RenderedBoxes, study_dir
 
 CIG_DIR = "chest-imagenome/1.0.0"
@@ -70,23 +70,30 @@ def _attributes(dicom_id: str, study: StudyTruth, report: str) -> list[dict]:
     return out
 
 
+def _graph_header(study: StudyTruth, im: ImageTruth) -> dict:
+    return {
+        "image_id": im.dicom_id, "viewpoint": im.view, "patient_id": study.subject_id,
+        "study_id": study.study_id, "gender": ("F", "M")[study.subject_id % 2],
+        "age_decile": f"{40 + 10 * (study.subject_id % 5)}-{50 + 10 * (study.subject_id % 5)}",
+        "reason_for_exam": "___ year old with shortness of breath",
+    }
+
+
 def write_chest_imagenome(root: Path, studies: list[StudyTruth], boxes: dict[str, RenderedBoxes],
                           reports: dict[int, str], rng: np.random.Generator) -> None:
-    """One scene graph per frontal image (PA/AP), plus silver split CSVs with their unnamed index column."""
+    """One scene graph per frontal image (PA/AP), plus silver split CSVs with their unnamed index column.
+
+    A frontal image without rendered boxes (`chex synth --metadata-only`) gets a graph with its header only (ids,
+    view, demographics) and no objects or attributes: the zip then lists every graph the release has, cheaply."""
     members, split_rows = [], {name: [] for name in SPLIT_NAMES.values()}
     for study in studies:
         for im in study.images:
             if not im.frontal:
                 continue
-            graph = {
-                "image_id": im.dicom_id, "viewpoint": im.view, "patient_id": study.subject_id,
-                "study_id": study.study_id, "gender": ("F", "M")[study.subject_id % 2],
-                "age_decile": f"{40 + 10 * (study.subject_id % 5)}-{50 + 10 * (study.subject_id % 5)}",
-                "reason_for_exam": "___ year old with shortness of breath",
-                "objects": _objects(im.dicom_id, boxes[im.dicom_id], im.width, im.height, rng),
-                "attributes": _attributes(im.dicom_id, study, reports[study.study_id]),
-                "relationships": [],
-            }
+            graph = {**_graph_header(study, im), "objects": [], "attributes": [], "relationships": []}
+            if im.dicom_id in boxes:
+                graph["objects"] = _objects(im.dicom_id, boxes[im.dicom_id], im.width, im.height, rng)
+                graph["attributes"] = _attributes(im.dicom_id, study, reports[study.study_id])
             members.append((f"scene_graph/{im.dicom_id}_SceneGraph.json", json.dumps(graph, indent=1).encode()))
             path = f"{study_dir(study.subject_id, study.study_id)}/{im.dicom_id}.dcm"
             split_rows[SPLIT_NAMES[study.split]].append((study.subject_id, study.study_id, im.dicom_id, path, im.view))

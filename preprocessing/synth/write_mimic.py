@@ -8,13 +8,14 @@ import numpy as np
 from PIL import Image
 
 from preprocessing.classes import CHEXPERT_14
-from preprocessing.synth.files import csv_text, write_gzip_text, write_text
+from preprocessing.synth.files import csv_text, write_gzip_text, write_text, write_zip
 from preprocessing.synth.phantom import Lesion, render_frontal, render_lateral
 from preprocessing.synth.report_writer import write_report
 from preprocessing.synth.truth import ImageTruth, StudyTruth
 
 MIMIC_JPG_DIR = "mimic-cxr-jpg/2.0.0"
 MIMIC_REPORTS_DIR = "mimic-cxr/2.0.0"
+REPORTS_ZIP = "mimic-cxr-reports.zip"
 METADATA_HEADER = (
     "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows", "Columns",
     "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning", "ViewCodeSequence_CodeMeaning",
@@ -70,7 +71,7 @@ def write_tables(root: Path, studies: list[StudyTruth]) -> None:
         proc = exam_name(s)
         for im in s.images:
             meta.append((im.dicom_id, s.subject_id, s.study_id, proc, im.view, im.height, im.width, s.study_date,
-                         repr(s.study_time), proc, VIEW_MEANING[im.view], "Erect" if im.view != "AP" else ""))
+                         repr(s.study_time), proc, VIEW_MEANING.get(im.view, ""), "Erect" if im.view != "AP" else ""))
             split.append((im.dicom_id, s.study_id, s.subject_id, s.split))
         if s.has_chexpert_row:
             values = s.chexpert()
@@ -92,3 +93,9 @@ def write_reports(root: Path, studies: list[StudyTruth]) -> dict[int, str]:
         write_text(root / MIMIC_REPORTS_DIR / f"{study_dir(s.subject_id, s.study_id)}.txt", text)
         reports[s.study_id] = text
     return reports
+
+
+def write_reports_zip(root: Path, studies: list[StudyTruth]) -> None:
+    """All reports as PhysioNet ships them: members files/pXX/pXXXXXXXX/sXXXXXXXX.txt of mimic-cxr-reports.zip."""
+    write_zip(root / MIMIC_REPORTS_DIR / REPORTS_ZIP, (
+        (f"{study_dir(s.subject_id, s.study_id)}.txt", write_report(s, seed=s.study_id).encode()) for s in studies))
