@@ -7,6 +7,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# every command a test starts uses a private Ray, never a cluster some `ray start` left on the machine
+# (tests/test_ray_connect.py removes this to test the choice itself)
+os.environ.setdefault("RAY_ADDRESS", "local")
 
 from pathlib import Path  # noqa: E402
 
