@@ -99,8 +99,8 @@ def read_mimic_cxr(jpg_root: Path, raw_root: Path, reports_root: Path | None = N
     meta = read_csv_strings(meta_path, ("dicom_id", "subject_id", "study_id", "Rows", "Columns", "ViewPosition"))
     splits = read_csv_strings(split_path, ("dicom_id", "split")).select("dicom_id", "split")
     labels = read_chexpert(find_table(jpg_root, CHEXPERT), raw_root, rejects)
-    joined = meta.select("dicom_id", "subject_id", "study_id", "Rows", "Columns", "ViewPosition").join(
-        splits, on="dicom_id", how="left")
+    columns = ("dicom_id", "subject_id", "study_id", "Rows", "Columns", "ViewPosition", "split")
+    joined = meta.join(splits, on="dicom_id", how="left").select(columns)
     reports = index_reports(reports_root) if reports_root is not None else None
     locators: dict[str, Callable[[str], str]] = {}
 
@@ -110,28 +110,29 @@ def read_mimic_cxr(jpg_root: Path, raw_root: Path, reports_root: Path | None = N
         return locators[container](member)
 
     jpg_base, jpg_dir, missing_reports = relative(jpg_root, raw_root), str(jpg_root), set()
-    for row in joined.iter_rows(named=True):
+    for dicom_id, subject_id, study_id, rows, cols, view, split_name in zip(*(joined[c].to_list() for c in columns)):
         try:
-            subject, study = int(row["subject_id"]), int(row["study_id"])
-            width, height = int(row["Columns"]), int(row["Rows"])
+            subject, study = int(subject_id), int(study_id)
+            width, height = int(cols), int(rows)
             if width <= 0 or height <= 0:
                 raise ValueError("non-positive size")
         except (TypeError, ValueError):
+            row = dict(zip(columns, (dicom_id, subject_id, study_id, rows, cols, view, split_name)))
             rejects.append(Reject(SOURCE, relative(meta_path, raw_root), "table",
-                                  f"unparseable ids or size in metadata row {row}", str(row.get("dicom_id"))))
+                                  f"unparseable ids or size in metadata row {row}", str(dicom_id)))
             continue
         study_path = study_relpath(subject, study)
-        rel = f"{study_path}/{row['dicom_id']}.jpg"
-        split = MIMIC_SPLIT_MAP.get(row["split"] or "")
+        rel = f"{study_path}/{dicom_id}.jpg"
+        split = MIMIC_SPLIT_MAP.get(split_name or "")
         if split is None:
-            rejects.append(Reject(SOURCE, _under(jpg_base, rel), "table",
-                                  f"no official split for dicom_id {row['dicom_id']}", row["dicom_id"]))
+            rejects.append(Reject(SOURCE, _under(jpg_base, rel), "table", f"no official split for dicom_id {dicom_id}",
+                                  dicom_id))
             continue
         record = RawRecord(
-            source=SOURCE, split=split, sample_id=f"{subject}/{study}/{row['dicom_id']}", image_id=row["dicom_id"],
-            image_path=f"{jpg_dir}/{rel}", source_path=_under(jpg_base, rel),
-            patient_id=str(subject), study_id=str(study), view_position=row["ViewPosition"] or "",
-            expected_size=(width, height), labels=labels.get((subject, study), {}),
+            source=SOURCE, split=split, sample_id=f"{subject}/{study}/{dicom_id}", image_id=dicom_id,
+            image_path=f"{jpg_dir}/{rel}", source_path=_under(jpg_base, rel), patient_id=str(subject),
+            study_id=str(study), view_position=view or "", expected_size=(width, height),
+            labels=labels.get((subject, study), {}),
         )
         _attach(record, study_path, reports, scene_graphs or {}, locate, rejects, missing_reports)
         records.append(record)

@@ -49,12 +49,13 @@ def read_ms_cxr(root: Path, raw_root: Path, mimic_images: pl.DataFrame) -> tuple
     if csv_path is None:
         return [], [Reject(SOURCE, relative(root, raw_root), "table", "no MS_CXR_Local_Alignment_v*.csv found")]
     rel_csv = relative(csv_path, raw_root)
-    lookup = {row["dicom_id"]: row for row in mimic_images.iter_rows(named=True)}
+    table = read_csv_strings(csv_path, ("dicom_id", "x", "y", "w", "h", "label_text", "category_name"))
+    named = mimic_images.filter(pl.col("dicom_id").is_in(table["dicom_id"].drop_nulls().unique().implode()))
+    lookup = {row["dicom_id"]: row for row in named.iter_rows(named=True)}   # the MS-CXR images only, not all 377k
     grouped: dict[str, dict[str, GroundedPhrase]] = defaultdict(dict)
     official_split: dict[str, str] = {}
     rejects: list[Reject] = []
-    required = ("dicom_id", "x", "y", "w", "h", "label_text", "category_name")
-    for i, row in enumerate(read_csv_strings(csv_path, required).iter_rows(named=True)):
+    for i, row in enumerate(table.iter_rows(named=True)):
         where = f"{rel_csv}#row{i + 2}"
         dicom_id = row["dicom_id"]
         if dicom_id not in lookup:

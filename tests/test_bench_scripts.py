@@ -28,3 +28,23 @@ def test_gpu_script_runs_its_cpu_fallback() -> None:
         line = next(x for x in table.splitlines() if x.startswith(row))
         ms = float(re.search(r"([\d.]+)ms", line).group(1))
         assert 0 < ms < 60_000, line
+
+
+def test_ingest_scale_plans_each_source_of_a_tiny_metadata_tree(tmp_path) -> None:
+    """bench/ingest_scale.py writes a metadata-only tree at 0.2% of the releases and plans every source in its own
+    process: records read are the tables' rows (754 MIMIC images, 36 VinDr, 224 NIH), planned ones the rendered
+    sample (the MIMIC JPGs actually on disk)."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench/ingest_scale.py"), "--raw", str(tmp_path / "raw"),
+                          "--scale", "0.002", "--studies", "3", "--image-scale", "0.05"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {line[:26].strip(): line[26:].split() for line in out.stdout.splitlines()
+            if line[:26].strip() in ("mimic_cxr (jpg + reports)", "vindr_cxr", "nih_cxr", "all sources")}
+    jpgs = len(list((tmp_path / "raw").rglob("*.jpg")))
+    read = {k: int(v[1].replace(",", "")) for k, v in rows.items()}
+    assert read == {"mimic_cxr (jpg + reports)": 754, "vindr_cxr": 36, "nih_cxr": 224, "all sources": read["all sources"]}
+    assert read["all sources"] > 754 + 36 + 224          # plus the MS-CXR images
+    assert int(rows["mimic_cxr (jpg + reports)"][2]) == jpgs > 0
+    for v in rows.values():
+        assert float(v[4]) < 60 and float(v[5].replace(",", "")) > 100   # seconds, peak RSS in MB (imports alone > 100)
+    assert "target (all sources < 120 s and < 4 GB driver RSS): met" in out.stdout

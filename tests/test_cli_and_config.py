@@ -48,14 +48,17 @@ def test_synth_then_ingest_from_the_command_line(tmp_path, ray_local, capsys):
     raw, out = tmp_path / "raw", tmp_path / "out"
     assert main(["synth", "--out", str(raw), "--studies", "3", "--image-scale", "0.05", "--workers", "1"]) == 0
     assert "mimic_studies=3" in capsys.readouterr().out
-    assert main(["ingest", "--raw", str(raw), "--out", str(out), "--image-size", "32"]) == 0
+    # 3 studies give MS-CXR no grounded phrase: a configured source with header-only tables fails the job
+    assert main(["ingest", "--raw", str(raw), "--out", str(out), "--image-size", "32"]) == 1
+    assert "error: source ms_cxr under" in capsys.readouterr().err and not out.exists()
+    cfg = tmp_path / "ingest.yaml"
+    cfg.write_text("sources: {ms_cxr: null}\n")   # the user says to skip it
+    args = ["ingest", "--raw", str(raw), "--out", str(out), "--image-size", "32", "--config", str(cfg)]
+    assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "ingest done" in printed and "mimic_cxr" in printed
-    # 3 studies give MS-CXR no grounded phrase: its header-only table is noted, not an error
-    rejects = pl.read_parquet(out / "rejects" / "rejects.parquet").to_dicts()
-    assert "rejects: 1 (table: 1)" in printed and [(r["source"], r["reason"]) for r in rejects] == [
-        ("ms_cxr", "the tables hold no data rows: nothing ingested")]
-    assert main(["ingest", "--raw", str(raw), "--out", str(out), "--image-size", "32"]) == 0
+    assert "ingest done" in printed and "mimic_cxr" in printed and "ms_cxr" not in printed
+    assert pl.read_parquet(out / "rejects" / "rejects.parquet").height == 0
+    assert main(args) == 0
     assert "nothing to do" in capsys.readouterr().out
 
 

@@ -50,16 +50,18 @@ def write_ms_cxr(root: Path, studies: list[StudyTruth], boxes: dict[str, Rendere
     write_text(root / MS_CXR_DIR / MS_CXR_FILE, csv_text(HEADER, rows))
 
 
-def write_ms_cxr_exact(root: Path, studies: list[StudyTruth], n_rows: int,
+def write_ms_cxr_exact(root: Path, studies: list[StudyTruth], n_rows: int, first: int,
                        lesion_boxes: Callable[[StudyTruth, ImageTruth], list[Box]], rng: np.random.Generator) -> None:
-    """Exactly `n_rows` rows (the release's 1,162 at full scale) from studies taken in random order; the last one
-    taken keeps only the rows still needed. Rows come in study order; `lesion_boxes` gives a frontal image's boxes."""
+    """Exactly `n_rows` rows (the release's 1,162 at full scale), one phrase per image as in the release, from the
+    `first` studies (the rendered sample, so an ingest of it finds MS-CXR images) and then studies in random order;
+    the last study taken keeps only the rows still needed. Rows come in study order; `lesion_boxes` gives a frontal
+    image's boxes."""
     taken: dict[int, int] = {}   # study index -> rows it contributes
     total = 0
-    for i in rng.permutation(len(studies)).tolist():
+    for i in [*range(first), *(first + rng.permutation(len(studies) - first)).tolist()]:
         frontal, phrases = _grounded(studies[i])
         if frontal is not None and phrases:
-            taken[i] = min(sum(len(s.lesions) for s in phrases), n_rows - total)
+            taken[i] = min(len(phrases[0].lesions), n_rows - total)
             total += taken[i]
             if total == n_rows:
                 break
@@ -71,5 +73,5 @@ def write_ms_cxr_exact(root: Path, studies: list[StudyTruth], n_rows: int,
         study = studies[i]
         frontal, phrases = _grounded(study)
         split = patient_split.setdefault(study.subject_id, str(rng.choice(SPLITS, p=SPLIT_P)))
-        rows += _rows(study, frontal, phrases, lesion_boxes(study, frontal), split)[: taken[i]]
+        rows += _rows(study, frontal, phrases[:1], lesion_boxes(study, frontal), split)[: taken[i]]
     write_text(root / MS_CXR_DIR / MS_CXR_FILE, csv_text(HEADER, rows))
