@@ -18,7 +18,7 @@ import numpy as np
 
 from preprocessing.box_geometry import xywh_to_xyxy
 from preprocessing.classes import NIH_14, NIH_LABEL_ALIASES, NIH_NO_FINDING
-from preprocessing.records import PixelBox, RawRecord, Reject, relative
+from preprocessing.records import PixelBox, RawRecord, Reject, relative, relative_below
 from preprocessing.tables import find_table, read_span_table
 
 SOURCE = "nih_cxr"
@@ -81,13 +81,13 @@ def read_nih(root: Path, raw_root: Path, seed: int) -> tuple[list[RawRecord], li
     order = np.random.default_rng(seed).permutation(len(eval_patients))
     half = len(eval_patients) // 2
     split_of_patient = {eval_patients[j]: ("val" if k < half else "test") for k, j in enumerate(order)}
-    records = []
+    records, rel = [], relative_below(root, raw_root)
     for name, findings, pid, view in entries:
         present = {NIH_LABEL_ALIASES.get(t, t) for t in findings.split("|")}
         path = files.get(name, root / "images" / name)
         records.append(RawRecord(
             source=SOURCE, split=split_of_patient.get(pid, "train"), sample_id=name, image_id=name,
-            image_path=str(path), source_path=relative(path, raw_root), patient_id=pid, view_position=view,
+            image_path=str(path), source_path=rel(path), patient_id=pid, view_position=view,
             boxes=boxes.get(name, []), labels={n: int(n in present) for n in (*NIH_14, NIH_NO_FINDING)},
         ))
     known = {e[0] for e in entries}

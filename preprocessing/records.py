@@ -6,6 +6,7 @@ from the paths a record names, so the expensive work is distributed.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -84,6 +85,22 @@ def relative(path: Path, root: Path) -> str:
         return path.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
         return path.resolve().as_posix()
+
+
+def relative_below(root: Path, raw_root: Path) -> Callable[[Path], str]:
+    """:func:`relative` for many paths below one folder, resolving the folder once (resolving every path took most
+    of the time to plan a full-size source). A path that leaves the folder falls back to :func:`relative`."""
+    base = relative(root, raw_root)
+
+    def rel(path: Path) -> str:
+        try:
+            sub = path.relative_to(root).as_posix()
+        except ValueError:
+            return relative(path, raw_root)
+        if sub == "." or ".." in sub.split("/"):
+            return relative(path, raw_root)
+        return sub if base == "." else f"{base}/{sub}"
+    return rel
 
 
 TABLES = "tables"   # the ingest output's table folder: tables/source=<source>/split=<split>/*.parquet

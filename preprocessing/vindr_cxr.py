@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from ensemble_boxes import weighted_boxes_fusion
 
 from preprocessing.classes import VINDR_LABELS_28, VINDR_LOCAL_22, VINDR_NO_FINDING
-from preprocessing.records import PixelBox, RawRecord, Reject, relative
+from preprocessing.records import PixelBox, RawRecord, Reject, relative, relative_below
 from preprocessing.tables import find_table, parse_float, read_csv_strings
 
 SOURCE = "vindr_cxr"
@@ -60,11 +61,12 @@ def _labels(path: Path, raw_root: Path, rejects: list[Reject]) -> dict[str, dict
     """image_id -> label -> 0/1; with a rad_id column, the majority vote of the readers (no ties with three)."""
     df = read_csv_strings(path, ("image_id",)).rename(lambda c: LABEL_RENAMES.get(c, c))
     votes: dict[str, list[dict[str, int]]] = defaultdict(list)
+    where = relative(path, raw_root)
     for i, row in enumerate(df.iter_rows(named=True)):
         try:
             votes[row["image_id"]].append({n: {0.0: 0, 1.0: 1}[float(row[n] or 0)] for n in VINDR_LABELS_28 if n in row})
         except (KeyError, ValueError) as exc:
-            rejects.append(Reject(SOURCE, f"{relative(path, raw_root)}#row{i + 2}", "table",
+            rejects.append(Reject(SOURCE, f"{where}#row{i + 2}", "table",
                                   f"label row with a value other than 0/1 ({exc}); vote taken without it",
                                   str(row.get("image_id"))))
     if "rad_id" not in df.columns:
@@ -92,9 +94,10 @@ def _box(row: dict[str, str | None], where: str, rejects: list[Reject]) -> Pixel
 
 def _boxes(path: Path, raw_root: Path, rejects: list[Reject]) -> dict[str, list[PixelBox]]:
     out: dict[str, list[PixelBox]] = defaultdict(list)
+    where = relative(path, raw_root)
     for i, row in enumerate(read_csv_strings(path, BOX_COLUMNS).iter_rows(named=True)):
         out.setdefault(row["image_id"], [])
-        box = _box(row, f"{relative(path, raw_root)}#row{i + 2}", rejects)
+        box = _box(row, f"{where}#row{i + 2}", rejects)
         if box is not None:
             out[row["image_id"]].append(box)
     return out
@@ -108,11 +111,11 @@ def read_vindr(root: Path, raw_root: Path, seed: int) -> tuple[list[RawRecord], 
     return _read_physionet(root, raw_root, seed)
 
 
-def _record(root: Path, raw_root: Path, folder: str, image_id: str, split: str, boxes: list[PixelBox],
+def _record(root: Path, rel: Callable[[Path], str], folder: str, image_id: str, split: str, boxes: list[PixelBox],
             labels: dict[str, int]) -> RawRecord:
     image = root / folder / f"{image_id}.dicom"
     return RawRecord(source=SOURCE, split=split, sample_id=image_id, image_id=image_id, image_path=str(image),
-                     source_path=relative(image, raw_root), view_position="PA", boxes=boxes,
+                     source_path=rel(image), view_position="PA", boxes=boxes,
                      fuse_boxes=folder == "train", labels=labels)
 
 
@@ -120,6 +123,7 @@ def _read_physionet(root: Path, raw_root: Path, seed: int) -> tuple[list[RawReco
     rejects: list[Reject] = []
     ann = root / "annotations"
     records: list[RawRecord] = []
+    rel = relative_below(root, raw_root)
     for official in ("train", "test"):
         names = f"annotations_{official}.csv", f"image_labels_{official}.csv"
         box_file, label_file = find_table(ann, names[0]), find_table(ann, names[1])
@@ -138,9 +142,9 @@ def _read_physionet(root: Path, raw_root: Path, seed: int) -> tuple[list[RawReco
             split_of = {ids[j]: ("val" if k < half else "test") for k, j in enumerate(order)}
         for image_id in ids:
             if image_id not in labels:
-                rejects.append(Reject(SOURCE, relative(root / official / f"{image_id}.dicom", raw_root), "table",
+                rejects.append(Reject(SOURCE, rel(root / official / f"{image_id}.dicom"), "table",
                                       f"image {image_id} has boxes but no image-label row; kept with boxes only", image_id))
-            records.append(_record(root, raw_root, official, image_id, split_of[image_id], boxes.get(image_id, []),
+            records.append(_record(root, rel, official, image_id, split_of[image_id], boxes.get(image_id, []),
                                    labels.get(image_id, {})))
     return records, rejects
 
@@ -177,6 +181,7 @@ def read_kaggle(root: Path, table: Path, raw_root: Path) -> tuple[list[RawRecord
         box = _box(row, f"{where}#row{i + 2}", rejects)
         if box is not None:
             boxes[image_id].append(box)
-    records = [_record(root, raw_root, "train", image_id, "train", boxes[image_id],
+    rel = relative_below(root, raw_root)
+    records = [_record(root, rel, "train", image_id, "train", boxes[image_id],
                        majority_vote(marks[image_id], KAGGLE_CLASSES)) for image_id in sorted(marks)]
     return records, rejects
