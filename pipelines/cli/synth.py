@@ -55,9 +55,11 @@ def synth(out: Path, studies: int, seed: int, scale: float, workers: int = 0, re
           metadata_only: bool = False) -> None:
     """Write the tree; `scale` is the image scale, `release` the fraction of the releases' sizes (None = demo)."""
     from preprocessing.synth.generate import SynthConfig, synthesize
+    from preprocessing.synth.metadata_only import synthesize_metadata_only
 
-    counts = synthesize(out, SynthConfig(studies=studies, seed=seed, image_scale=scale, workers=workers, scale=release,
-                                         metadata_only=metadata_only))
+    cfg = SynthConfig(studies=studies, seed=seed, image_scale=scale, workers=workers, scale=release,
+                      metadata_only=metadata_only)
+    counts = (synthesize_metadata_only if metadata_only else synthesize)(out, cfg)
     print(f"synthetic raw data in {out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
 
 

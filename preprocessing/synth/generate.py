@@ -106,11 +106,10 @@ def render_all(out: Path, studies: list[StudyTruth], vindr: list[write_vindr.Vin
 
 
 def synthesize(out: Path, cfg: SynthConfig) -> dict[str, int]:
-    """Generate all sources under `out`; returns counts per source. Same config -> byte-identical files."""
+    """Generate all sources under `out`; returns counts per source. Same config -> byte-identical files.
+    (A metadata-only config is written by `metadata_only.synthesize_metadata_only`.)"""
     if cfg.metadata_only:
-        from preprocessing.synth.metadata_only import synthesize_metadata_only
-
-        return synthesize_metadata_only(out, cfg)
+        raise ValueError("a metadata-only config: call preprocessing.synth.metadata_only.synthesize_metadata_only")
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     truth = sample_truth(cfg)
