@@ -26,7 +26,7 @@ def auroc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = N
 
 def macro_auroc(probs: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> float:
     """Multiclass one-vs-rest AUROC per class on ``probs`` (n, C) with integer ``labels``, averaged over the classes
-    that occur. Deliberately unlike torchmetrics' ``MulticlassAUROC``, which counts a class without positives as 0:
+    with positives and negatives. Deliberately unlike torchmetrics' ``MulticlassAUROC``, which counts a class without positives as 0:
     on the full MS-CXR test set every class occurs, so only bootstrap resamples that miss a rare class differ."""
     values = [auroc(probs[:, c], labels == c, weights) for c in range(probs.shape[1])]
     values = [v for v in values if v == v]
@@ -59,3 +59,4 @@ def region_auroc(probs: np.ndarray, targets: np.ndarray, present: np.ndarray, we
     glob = [v for v in glob if v == v]
     return {"weighted": weighted, "macro": float(np.mean(per_class)) if per_class else float("nan"),
             "global_macro": float(np.mean(glob)) if glob else float("nan")}
+

@@ -1,6 +1,7 @@
 """Scoring one model (or the oracle / chance / shuffled-image baselines) on the nine tasks: load the split, predict,
 search the post-processing on the validation split where the reference does, score on the evaluation split with
-bootstrap standard deviations, and draw the figures."""
+bootstrap standard deviations, and draw the figures. ``cfg.protocol`` says, per item, whether the paper's protocol or
+ours is followed (evaluation/protocol.py); what a mean leaves out is warned and recorded per task (``skipped``)."""
 from __future__ import annotations
 
 import contextlib
@@ -18,9 +19,10 @@ from evaluation import task_detection as od
 from evaluation import task_grounding as sg
 from evaluation import task_region_cls as rc
 from evaluation import task_text as tx
-from evaluation.bootstrap import bootstrap
+from evaluation.bootstrap import bootstrap, per_group
 from evaluation.config import EvalConfig
-from evaluation.data import Row, load_rows
+from evaluation.data import Row, load_mscxr_paper_split, load_rows
+from evaluation.skips import group_skips
 from evaluation.detection_map import map_metrics, pr_curve
 from evaluation.figures import example_picture, pr_figure
 from evaluation.postprocess import BoxPostprocess
@@ -28,6 +30,7 @@ from preprocessing.box_geometry import cxcywh_to_xyxy
 from preprocessing.image_io import decode_png
 
 log = logging.getLogger(__name__)
+_WARNED: set[tuple] = set()
 SHUFFLE_SEED = 0  # fixed, so every run and every task pairs the same images
 SOURCES = {"od_vindr": "vindr_cxr", "od_nih": "nih_cxr", "od_mscxr": "ms_cxr", "sg_mscxr": "ms_cxr", "rc_mscxr": "ms_cxr",
            "rc_cig": "mimic_cxr", "re_mscxr": "ms_cxr", "re_cig": "mimic_cxr", "rg_mimic": "mimic_cxr"}
@@ -46,6 +49,7 @@ class TaskResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: search, predict, score, figures
     note: str = ""
     images: int = 0
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # metric -> what its mean leaves out (no truth / negatives)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,6 +89,7 @@ class Evaluation:
         self._labeler = labeler
         self._meteor = None
         self._rows: dict[tuple[str, str, bool], list[Row]] = {}
+        self._row_notes: dict[tuple[str, str, bool], str] = {}
         self._timings: dict[str, float] = {}
         self._notes: list[str] = []
 
@@ -96,7 +101,7 @@ class Evaluation:
         if postprocess:
             cfg = replace(cfg, search=False, postprocess={**cfg.postprocess, **postprocess})
         other = Evaluation(self.tables, cfg, self.runner, None, self._labeler)
-        other._rows = self._rows
+        other._rows, other._row_notes = self._rows, self._row_notes
         return other
 
     @contextlib.contextmanager
@@ -108,11 +113,34 @@ class Evaluation:
             self._timings[name] = self._timings.get(name, 0.0) + time.perf_counter() - start
 
     # ---- shared -------------------------------------------------------------------------------------------
+    @property
+    def unique_boxes(self) -> bool:
+        """Whether identical ground-truth boxes count once (ours) or as given (the paper)."""
+        return self.cfg.protocol.gt_boxes == "ours"
+
     def rows(self, source: str, split: str, frontal: bool = False) -> list[Row]:
+        """The rows of a source and split; MS-CXR split as the protocol says (ingested, or mapped from MIMIC-CXR's)."""
         key = (source, split, frontal)
         if key not in self._rows:
-            self._rows[key] = load_rows(self.tables, source, split, self.cfg.max_images, frontal_only=frontal)
+            if source == "ms_cxr" and self.cfg.protocol.mscxr_split == "paper":
+                self._rows[key], unmapped = load_mscxr_paper_split(self.tables, split, self.cfg.max_images)
+                if unmapped:
+                    self._row_notes[key] = f"{unmapped} MS-CXR images are not in the MIMIC-CXR tables: they kept their ingested split"
+            else:
+                self._rows[key] = load_rows(self.tables, source, split, self.cfg.max_images, frontal_only=frontal)
+        if key in self._row_notes:
+            self._notes.append(self._row_notes[key])
         return self._rows[key]
+
+    def skipped(self, res: TaskResult, skipped: dict[str, list[str]]) -> None:
+        """Record what each mean leaves out (results.json, MLflow) and warn, naming each left-out class."""
+        res.skipped = skipped
+        for names, metrics in group_skips(skipped).items():
+            said = (res.task, res.source, res.split, names, tuple(metrics))
+            (log.debug if said in _WARNED else log.warning)(
+                "%s %s: left out of the mean (no ground truth, or no negatives) on %s/%s: %s", res.task,
+                ", ".join(metrics), res.source, res.split, ", ".join(names))
+            _WARNED.add(said)   # once per process: training-time validation repeats the same sets
 
     @property
     def labeler(self):
@@ -191,7 +219,7 @@ class Evaluation:
         pp, settings = cfg.postprocess[name], {}
         if cfg.search and cfg.runs_model:
             val = od.scored_rows(self.rows(task.source, cfg.val_split), task)
-            vtrue = od.truth(val, task)
+            vtrue = od.truth(val, task, self.unique_boxes)
             if any(vtrue):
                 with self.phase("search"):
                     pp, trace = od.search(self._od_raw(val, task, vtrue), vtrue, task, pp, cfg.grid.scales, cfg.grid.temperatures,
@@ -199,13 +227,14 @@ class Evaluation:
                 settings["search"] = {"val_images": len(val), **trace}
             else:
                 settings["search"] = f"skipped: no boxes in {task.source}/{cfg.val_split}"
-        true = od.truth(rows, task)
+        true = od.truth(rows, task, self.unique_boxes)
         with self.phase("predict"):
             raw = self._od_raw(rows, task, true)
         with self.phase("score"):
             matches = od.matches(raw, true, pp)
             metrics = self._boot(lambda w: map_metrics(matches, task.classes, w), len(rows))
         res = TaskResult(name, task.source, cfg.split, len(rows), metrics, {**settings, "postprocess": asdict(pp)}, images=len(rows))
+        self.skipped(res, od.skips(true, task))
         if self.out is not None:
             with self.phase("figures"):
                 self._od_figures(res, name, rows, raw, true, pp, matches)
@@ -229,16 +258,18 @@ class Evaluation:
     def _sg_mscxr(self, name: str) -> TaskResult:
         cfg = self.cfg
         rows = self.rows("ms_cxr", cfg.split)
-        phrases = sg.truth(rows)
+        phrases = sg.truth(rows, self.unique_boxes)
         if not phrases:
             return self._empty(name, cfg.split)
         pp, settings = cfg.postprocess[name], {}
         if cfg.search and cfg.runs_model:
             val = self.rows("ms_cxr", cfg.val_split)
-            vphrases = sg.truth(val)
+            vphrases = sg.truth(val, self.unique_boxes)
             if vphrases:
+                paper = cfg.protocol.sg_selection == "paper"
                 with self.phase("search"):
-                    pp, trace = sg.search(self._sg_raw(val, vphrases), vphrases, pp, cfg.grid.scales, cfg.grid.grounding_nms)
+                    pp, trace = sg.search(self._sg_raw(val, vphrases), vphrases, pp, cfg.grid.scales,
+                                          cfg.grid.detection_nms if paper else cfg.grid.grounding_nms, "mAP" if paper else "mIoU")
                 settings["search"] = {"val_phrases": len(vphrases), **trace}
             else:
                 settings["search"] = f"skipped: no phrases in ms_cxr/{cfg.val_split}"
@@ -246,7 +277,8 @@ class Evaluation:
             raw = self._sg_raw(rows, phrases)
         with self.phase("score"):
             counts, matches = sg.metric_inputs(raw, phrases, pp)
-            metrics = self._boot(lambda w: sg.metrics(counts, matches, w), len(phrases))
+            metric, n_images = per_group(lambda w: sg.metrics(counts, matches, w), np.array([p.row for p in phrases]))
+            metrics = self._boot(metric, n_images)  # resamples images: all phrases of an image together
         res = TaskResult(name, "ms_cxr", cfg.split, len(phrases), metrics, {**settings, "postprocess": asdict(pp)}, images=len(rows))
         if self.out is not None:
             with self.phase("figures"):
@@ -263,7 +295,7 @@ class Evaluation:
     # ---- region classification --------------------------------------------------------------------------------
     def _rc_mscxr(self, name: str) -> TaskResult:
         rows = self.rows("ms_cxr", self.cfg.split)
-        true = rc.mscxr_truth(rows)
+        true = rc.mscxr_truth(rows, self.unique_boxes)
         if not len(true.label):
             return self._empty(name, self.cfg.split)
         c = len(rc.MS_CXR_8)
@@ -272,8 +304,10 @@ class Evaluation:
                                lambda: rc.random_probs((len(true.label), c)))
         with self.phase("score"):
             metrics = self._boot(lambda w: rc.mscxr_metrics(probs, true.label, w), len(true.label))
-        return TaskResult(name, "ms_cxr", self.cfg.split, len(true.label), metrics, {"negative_prompt": "centroid of the class prompts"},
-                          images=len(set(true.row.tolist())))
+        res = TaskResult(name, "ms_cxr", self.cfg.split, len(true.label), metrics, {"negative_prompt": "centroid of the class prompts"},
+                         images=len(set(true.row.tolist())))
+        self.skipped(res, rc.mscxr_skips(true.label))
+        return res
 
     def _rc_cig(self, name: str) -> TaskResult:
         rows = [r for r in self.rows("mimic_cxr", self.cfg.split, frontal=True) if r.get("region_boxes")]
@@ -285,8 +319,10 @@ class Evaluation:
                                lambda: rc.random_probs(true.targets.shape))
         with self.phase("score"):
             metrics = self._boot(lambda w: rc.cig_metrics(probs, true, w), len(rows))
-        return TaskResult(name, "mimic_cxr", self.cfg.split, len(rows), metrics,
-                          {"positives": int(true.targets.sum()), "regions": int(true.present.sum())}, images=len(rows))
+        res = TaskResult(name, "mimic_cxr", self.cfg.split, len(rows), metrics,
+                         {"positives": int(true.targets.sum()), "regions": int(true.present.sum())}, images=len(rows))
+        self.skipped(res, rc.cig_skips(true))
+        return res
 
     # ---- text -------------------------------------------------------------------------------------------
     def _text(self, name: str, rows: list[Row], samples: tx.TextSamples, generate: Callable[[], list[str]],
@@ -322,7 +358,7 @@ class Evaluation:
 
     def _re_mscxr(self, name: str) -> TaskResult:
         rows = self.rows("ms_cxr", self.cfg.split)
-        samples = tx.mscxr_truth(rows)
+        samples = tx.mscxr_truth(rows, self.unique_boxes)
         return self._text(name, rows, samples, lambda: tx.describe(self.runner, self.seen(rows), samples, "MS-CXR boxes"))
 
     def _re_cig(self, name: str) -> TaskResult:

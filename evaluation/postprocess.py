@@ -63,25 +63,36 @@ def finalize(boxes: np.ndarray, scores: np.ndarray, pp: BoxPostprocess) -> tuple
     return boxes[keep], scores[keep]
 
 
+def best_of(options: Sequence[BoxPostprocess], evaluate: Callable[[BoxPostprocess], float], later_ties: bool) -> BoxPostprocess:
+    """The option with the highest value; among equal values the later one (the reference's ``>=`` sweeps) or the
+    first. Each option is evaluated once."""
+    best, best_value = options[0], evaluate(options[0])
+    for option in options[1:]:
+        value = evaluate(option)
+        if value > best_value or (later_ties and value == best_value):
+            best, best_value = option, value
+    return best
+
+
 def greedy_search(evaluate: Callable[[BoxPostprocess], float], start: BoxPostprocess, scales: Sequence[float],
                   temperatures: Sequence[float], nms_values: Sequence[float], per_class_scale: Callable[[BoxPostprocess], list[float]] | None = None,
-                  search_mode: bool = True) -> tuple[BoxPostprocess, dict[str, float]]:
+                  search_mode: bool = True, later_ties: bool = True) -> tuple[BoxPostprocess, dict[str, float]]:
     """The reference's order: box scale, then scoring mode (weights, prompts, both x T), then NMS IoU (only when NMS
-    is used). ``evaluate`` scores a setting on the validation split (higher is better). ``per_class_scale`` (when
-    given) picks one scale per class from the candidate scales instead of one global scale."""
+    is used). ``evaluate`` scores a setting on the validation split (higher is better); ``later_ties``: a tie keeps
+    the later option, as the reference's sweeps, else the first. ``per_class_scale`` (when given) picks one scale per
+    class from the candidate scales instead of one global scale."""
     best = start
     trace: dict[str, float] = {}
     if per_class_scale is not None:
         best = replace(best, scale=per_class_scale(best))
     else:
-        scored = [(evaluate(replace(best, scale=[s])), s) for s in scales]
-        best = replace(best, scale=[max(scored, key=lambda t: t[0])[1]])
+        best = best_of([replace(best, scale=[s]) for s in scales], evaluate, later_ties)
     trace["after_scale"] = evaluate(best)
     if search_mode:
         options = [replace(best, mode="weights")] + [replace(best, mode=m, temperature=t) for m in ("prompts", "both") for t in temperatures]
-        best = max(options, key=evaluate)
+        best = best_of(options, evaluate, later_ties)
         trace["after_mode"] = evaluate(best)
     if best.fusion == "nms" and best.nms is not None:
-        best = max((replace(best, nms=v) for v in nms_values), key=evaluate)
+        best = best_of([replace(best, nms=v) for v in nms_values], evaluate, later_ties)
         trace["after_nms"] = evaluate(best)
     return best, trace

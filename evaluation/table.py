@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from evaluation.skips import group_skips
+
 HEADLINE: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "sg_mscxr": ("Sentence grounding", "MS-CXR", ("mIoU", "mAP")),
     "od_vindr": ("Pathology detection", "VinDr-CXR", ("mAP", "AP@0.1", "AP@0.3", "AP@0.5")),
@@ -17,7 +19,7 @@ HEADLINE: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 NAMES = {"mic_f1_14": "Mic-F1-14", "mac_f1_14": "Mac-F1-14", "ex_f1_14": "Ex-F1-14", "mic_f1_5plus": "Mic-F1-5+",
          "mac_f1_5plus": "Mac-F1-5+", "auroc": "AUROC", "auroc_weighted": "AUROC (weighted)", "auroc_macro": "AUROC (macro)",
-         "accuracy": "accuracy", "sentences_without_false_claim": "sentences w/o false claim",
+         "accuracy": "accuracy (macro)", "sentences_without_false_claim": "sentences w/o false claim",
          "sentences_per_report": "sentences / report"}
 COUNTS = frozenset({"sentences_per_report"})  # shown as they are, not in %
 
@@ -31,9 +33,11 @@ def cell(stat: dict[str, float] | None, scale: float = 100.0) -> str:
     return f"{scale * mean:.1f} ± {scale * std:.1f}" if std == std else f"{scale * mean:.1f}"
 
 
-def markdown(results: dict[str, Any], column: str = "ChEX (ours)", baselines: dict[str, dict[str, Any]] | None = None) -> str:
+def markdown(results: dict[str, Any], column: str = "ChEX (ours)", baselines: dict[str, dict[str, Any]] | None = None,
+             protocol: str | None = None) -> str:
     """Rows in the paper's task order; ``n`` = evaluated samples (images, phrases, boxes or regions). ``baselines``
-    (predictor -> its results, shaped like ``results``) adds a column per baseline beside the model's."""
+    (predictor -> its results, shaped like ``results``) adds a column per baseline beside the model's; ``protocol``
+    (its name) is said under the table, with what the means left out."""
     baselines = baselines or {}
     extra = "".join(f" {name} |" for name in baselines)
     lines = [f"| Task | Dataset | Metric | n | {column} |{extra}", "| --- | --- | --- | --- | --- |" + " --- |" * len(baselines)]
@@ -47,6 +51,14 @@ def markdown(results: dict[str, Any], column: str = "ChEX (ours)", baselines: di
             lines.append(f"| {title} | {dataset} | {NAMES.get(key, key)} | {r['n']} | {cell(r['metrics'].get(key), scale)} |{others}")
     note = ("\n\nValues in % (sentences / report: a count), bootstrap mean ± std over resamples (250 for boxes and "
             "classes, 10 for text).\n")
+    if protocol:
+        said = {"paper": " (every item as the paper's code computes it)",
+                "ours": " (grounding selection, ground-truth boxes and MS-CXR split are ours, not the paper's)"}
+        note += f"Protocol: {protocol}{said.get(protocol, '')}; docs/metrics.md defines each metric.\n"
+    left_out = [f"{t} {', '.join(ms)}: {len(names)}" for t, r in results.items()
+                for names, ms in group_skips(r.get("skipped") or {}).items()]
+    if left_out:
+        note += f"Left out of a mean (no ground truth or no negatives; named in results.json): {'; '.join(left_out)}.\n"
     if baselines:
         note += ("Baselines: random = chance-level predictions, oracle = the ground truth (the ceiling on this data), "
                  "shuffled = this model shown another image of the split (another patient's where possible).\n")

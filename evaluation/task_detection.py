@@ -9,10 +9,12 @@ import numpy as np
 
 from chex_model import prompts
 from evaluation.data import Row, class_boxes
+from evaluation.skips import class_skips
 from evaluation.detection_map import ImageBoxes, Matches, map_metrics, match
 from evaluation.postprocess import BoxPostprocess, box_scores, finalize, greedy_search, scale_boxes
 from preprocessing.classes import MS_CXR_8, NIH_BOX_8, NIH_LABEL_ALIASES, VINDR_LOCAL_22
 
+REPORTED_IOU = (0.1, 0.3, 0.5)  # the AP@t map_metrics reports
 VINDR_TOP15 = tuple(c for c in VINDR_LOCAL_22 if c not in {
     "Clavicle fracture", "Edema", "Emphysema", "Enlarged PA", "Lung cavity", "Lung cyst", "Rib fracture"})
 
@@ -62,8 +64,18 @@ def scored_rows(rows: Sequence[Row], task: DetectionTask) -> list[Row]:
     return [r for r, t in zip(rows, truth(rows, task)) if t]
 
 
-def truth(rows: Sequence[Row], task: DetectionTask) -> list[dict[int, np.ndarray]]:
-    return [class_boxes(r, task.classes, dict(task.aliases)) for r in rows]
+def truth(rows: Sequence[Row], task: DetectionTask, unique: bool = True) -> list[dict[int, np.ndarray]]:
+    """Per image its boxes per class; ``unique``: identical boxes of a class once (ours), else as given (the paper)."""
+    return [class_boxes(r, task.classes, dict(task.aliases), unique) for r in rows]
+
+
+def skips(true: Sequence[dict[int, np.ndarray]], task: DetectionTask) -> dict[str, list[str]]:
+    """The classes without a ground-truth box in the scored set, which mAP and AP@t leave out (the reference's
+    library scores them 0 and keeps them in the mean)."""
+    has = np.zeros(len(task.classes), bool)
+    for t in true:
+        has[[c for c, b in t.items() if len(b)]] = True
+    return class_skips({k: has for k in ("mAP", *(f"AP@{t:g}" for t in REPORTED_IOU))}, task.classes)
 
 
 def predict(runner, rows: Sequence[Row], task: DetectionTask) -> RawDetections:
@@ -117,8 +129,9 @@ def matches(raw: RawDetections, true: Sequence[dict[int, np.ndarray]], pp: BoxPo
 
 def search(raw: RawDetections, true: Sequence[dict[int, np.ndarray]], task: DetectionTask, start: BoxPostprocess,
            scales: Sequence[float], temperatures: Sequence[float], nms_values: Sequence[float]) -> tuple[BoxPostprocess, dict]:
-    """Validation-split search: a box scale per class (the one with the best AP of that class), then scoring mode and
-    temperature, then NMS; every step keeps the best mAP."""
+    """Validation-split search as the reference's: a box scale per class (the one with the best AP of that class),
+    then scoring mode and temperature, then NMS; every step keeps the best mAP, a tie the later option. A class
+    without validation boxes keeps scale 1 (the reference's library scores it AP 0 at every scale, so it takes 2)."""
     def evaluate(pp: BoxPostprocess) -> float:
         value = map_metrics(matches(raw, true, pp), task.classes)["mAP"]
         return value if value == value else -1.0
@@ -132,7 +145,7 @@ def search(raw: RawDetections, true: Sequence[dict[int, np.ndarray]], task: Dete
         out = []
         for k in range(len(task.classes)):
             best = [s for s, v in zip(scales, ap[:, k]) if v == ap[:, k].max()]
-            out.append(1.0 if 1.0 in best else float(best[0]))  # ties (e.g. no validation boxes) keep the boxes as they are
+            out.append(1.0 if (ap[:, k] < 0).all() else float(best[-1]))
         return out
 
     return greedy_search(evaluate, start, scales, temperatures, nms_values, per_class_scale=per_class)

@@ -1,6 +1,6 @@
 """Region classification from ground-truth boxes: MS-CXR boxes into 8 classes (score = sigmoid(cos(f, class) -
-cos(f, centroid of all class prompts)), macro AUROC) and Chest ImaGenome anatomy boxes x 53 findings
-(sigmoid(cos(f, "X") - cos(f, "No X")), positive-count-weighted AUROC) (chex-reference §5 RC)."""
+cos(f, centroid of all class prompts)), macro AUROC, macro accuracy, MCC) and Chest ImaGenome anatomy boxes x 53
+findings (sigmoid(cos(f, "X") - cos(f, "No X")), positive-count-weighted AUROC) (chex-reference §5 RC)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -11,6 +11,7 @@ from sklearn.metrics import accuracy_score, matthews_corrcoef
 
 from chex_model import prompts
 from evaluation.auroc import macro_auroc, region_auroc
+from evaluation.skips import class_skips, region_skips
 from evaluation.data import Row, unique_boxes, xyxy
 from preprocessing.classes import CIG_ANATOMICAL_FINDINGS_43, CIG_ANATOMY_29, CIG_DISEASES_10, MS_CXR_8
 
@@ -31,14 +32,17 @@ class LabelledBoxes:
     phrase: list[str]
 
 
-def mscxr_truth(rows: Sequence[Row]) -> LabelledBoxes:
+def mscxr_truth(rows: Sequence[Row], unique: bool = True) -> LabelledBoxes:
+    """One sample per box of each phrase of the 8 classes; ``unique``: a box listed twice for one phrase once (ours),
+    else as given (the paper)."""
     row, boxes, label, phrase = [], [], [], []
     index = {c: i for i, c in enumerate(MS_CXR_8)}
     for i, r in enumerate(rows):
         for g in r.get("grounded_phrases") or []:
             if g["category"] not in index:
                 continue
-            for b in unique_boxes([xyxy(b) for b in g["boxes"]]):
+            given = [xyxy(b) for b in g["boxes"]]
+            for b in unique_boxes(given) if unique else given:
                 row.append(i)
                 boxes.append(b)
                 label.append(index[g["category"]])
@@ -70,10 +74,30 @@ def mscxr_predict(runner, rows: Sequence[Row], true: LabelledBoxes) -> np.ndarra
     return _sigmoid(runner.margins(feats, pos, centroid))
 
 
+def macro_accuracy(labels: np.ndarray, pred: np.ndarray, n_classes: int, weights: np.ndarray | None = None) -> float:
+    """Mean over classes of the (weighted) recall, torchmetrics' ``MulticlassAccuracy(average="macro")`` as the
+    paper reports it; a class without ground truth is left out (sklearn's ``balanced_accuracy_score``), where
+    torchmetrics scores a class that is predicted but absent 0."""
+    w = np.ones(len(labels)) if weights is None else np.asarray(weights, dtype=np.float64)
+    support = np.bincount(labels, w, n_classes)
+    hits = np.bincount(labels, w * (pred == labels), n_classes)
+    keep = support > 0
+    return float(np.mean(hits[keep] / support[keep])) if keep.any() else float("nan")
+
+
 def mscxr_metrics(probs: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:
+    """``accuracy`` is the paper's macro accuracy; ``accuracy_micro`` the share of boxes classified right."""
     pred = probs.argmax(1)
-    return {"auroc": macro_auroc(probs, labels, weights), "accuracy": float(accuracy_score(labels, pred, sample_weight=weights)),
+    return {"auroc": macro_auroc(probs, labels, weights), "accuracy": macro_accuracy(labels, pred, probs.shape[1], weights),
+            "accuracy_micro": float(accuracy_score(labels, pred, sample_weight=weights)),
             "mcc": float(matthews_corrcoef(labels, pred, sample_weight=weights))}
+
+
+def mscxr_skips(labels: np.ndarray) -> dict[str, list[str]]:
+    """Per metric the classes its mean leaves out on the full set: AUROC without positives or negatives, accuracy
+    without ground truth."""
+    onehot = np.eye(len(MS_CXR_8), dtype=bool)[labels].reshape(-1, len(MS_CXR_8))
+    return class_skips({"auroc": onehot.any(0) & ~onehot.all(0), "accuracy": onehot.any(0)}, MS_CXR_8)
 
 
 @dataclass
@@ -117,6 +141,11 @@ def cig_predict(runner, rows: Sequence[Row], true: RegionTruth) -> np.ndarray:
 
 def cig_metrics(probs: np.ndarray, true: RegionTruth, weights: np.ndarray | None = None) -> dict[str, float]:
     return {f"auroc_{k}": v for k, v in region_auroc(probs, true.targets, true.present, weights).items()}
+
+
+def cig_skips(true: RegionTruth) -> dict[str, list[str]]:
+    """What each CIG AUROC mean leaves out on the full set (``region: finding`` pairs and findings)."""
+    return region_skips(true.targets, true.present, CIG_ANATOMY_29, CIG_FINDINGS)
 
 
 def multiclass_oracle(labels: np.ndarray, n_classes: int) -> np.ndarray:

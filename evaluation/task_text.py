@@ -25,11 +25,13 @@ class TextSamples:
     abnormal: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # CIG: the region has a positive finding
 
 
-def mscxr_truth(rows: Sequence[Row]) -> TextSamples:
+def mscxr_truth(rows: Sequence[Row], unique: bool = True) -> TextSamples:
+    """A sample per box of each phrase; ``unique``: a box listed twice for one phrase once (ours), else as given."""
     row, boxes, targets = [], [], []
     for i, r in enumerate(rows):
         for g in r.get("grounded_phrases") or []:
-            for b in unique_boxes([xyxy(b) for b in g["boxes"]]) if g["phrase"].strip() else []:
+            given = [xyxy(b) for b in g["boxes"]] if g["phrase"].strip() else []
+            for b in unique_boxes(given) if unique else given:
                 row.append(i)
                 boxes.append(b)
                 targets.append(g["phrase"])

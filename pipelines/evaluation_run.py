@@ -1,5 +1,6 @@
 """The evaluation stage: score a model on the nine tasks, write results JSON + a Table-2 markdown table + figures,
-and record it all in an MLflow run that names the evaluated model and the dataset digests."""
+and record it all in an MLflow run that names the evaluated model, the dataset digests and the protocol (paper or
+ours per item, evaluation/protocol.py), with what each mean left out."""
 from __future__ import annotations
 
 import json
@@ -40,8 +41,23 @@ def _training_run(client, model_dir: Path) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+TAG_LIMIT = 5000  # MLflow's tag value limit
+
+
+def skipped_tags(prefix: str, res: TaskResult) -> dict[str, str]:
+    """``skipped.<prefix><task>.<metric>`` = the classes (or region: class pairs) that metric's mean left out."""
+    out = {}
+    for metric, names in res.skipped.items():
+        text = ", ".join(names)
+        if len(text) > TAG_LIMIT:
+            text = text[: TAG_LIMIT - 40].rsplit(", ", 1)[0] + f" ... ({len(names)} in all; results.json lists them)"
+        out[f"skipped.{prefix.replace('/', '.')}{res.task}.{metric_key('', metric).lstrip('/')}"] = text
+    return out
+
+
 def _log_metrics(prefix: str = "") -> Callable[[TaskResult], None]:
-    """A task's metrics as ``<prefix><task>/<metric>`` (plus ``/mean``, ``/std``) in the active run, as soon as it is scored."""
+    """A task's metrics as ``<prefix><task>/<metric>`` (plus ``/mean``, ``/std``) in the active run, as soon as it is
+    scored, and what its means left out as tags."""
     import mlflow
 
     def on_result(res: TaskResult) -> None:
@@ -52,6 +68,8 @@ def _log_metrics(prefix: str = "") -> Callable[[TaskResult], None]:
                     metrics[metric_key(task, key) + ("" if part == "value" else f"/{part}")] = value
         mlflow.log_metrics(metrics)
         mlflow.log_metric(metric_key(task, "seconds"), res.seconds)
+        if res.skipped:
+            mlflow.set_tags(skipped_tags(prefix, res))
 
     return on_result
 
@@ -88,7 +106,7 @@ def run_evaluation(tables: Path, cfg: EvalConfig, out: Path, model_dir: Path | N
     uri = tracking_uri or default_tracking_uri(model_dir, out)
     client = mlflow.MlflowClient(uri)
     Tracking(uri, experiment).activate()
-    tags = {**code_tags(), "predictor": cfg.predictor, "split": cfg.split}
+    tags = {**code_tags(), "predictor": cfg.predictor, "split": cfg.split, **cfg.protocol.tags()}
     if model_dir is not None:
         tags.update({"model_dir": str(Path(model_dir).resolve()), "model_sha256": file_sha256(Path(model_dir) / "model.safetensors")})
         train_run = _training_run(client, model_dir)
@@ -109,10 +127,11 @@ def run_evaluation(tables: Path, cfg: EvalConfig, out: Path, model_dir: Path | N
         baselines = _baselines(evaluation, results) if cfg.predictor == "model" else {}
         payload = {"model": str(Path(model_dir).resolve()) if model_dir else None, "predictor": cfg.predictor,
                    "split": cfg.split, "mlflow_run_id": run.info.run_id, "tracking_uri": uri,
+                   "protocol": {"name": cfg.protocol.name, **cfg.protocol.describe()},
                    "tasks": {k: r.to_dict() for k, r in results.items()}, "baselines": baselines}
         (out / RESULTS).write_text(json.dumps(payload, indent=2, default=float) + "\n")
         column = f"ChEX ({cfg.predictor})" if cfg.predictor != "model" else "ChEX (ours)"
-        (out / TABLE).write_text(markdown(payload["tasks"], column, baselines))
+        (out / TABLE).write_text(markdown(payload["tasks"], column, baselines, cfg.protocol.name))
         mlflow.log_artifact(str(out / RESULTS), artifact_path="evaluation")
         mlflow.log_artifact(str(out / TABLE), artifact_path="evaluation")
         if (out / "figures").is_dir():

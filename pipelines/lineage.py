@@ -80,7 +80,8 @@ def model_lineage(model_uri: str, tracking_uri: str) -> dict[str, Any]:
         scores = {k: v for k, v in sorted(run.data.metrics.items()) if not k.endswith(("/std", "/mean", "/seconds"))
                   and "/AP/" not in k}
         chain["evaluation"] = {"run_id": eval_id, "name": run.info.run_name, "scores": scores,
-                               "model_sha256": run.data.tags.get("model_sha256"), "inputs": _inputs(run)}
+                               "model_sha256": run.data.tags.get("model_sha256"), "inputs": _inputs(run),
+                               "protocol": {k: v for k, v in sorted(run.data.tags.items()) if k.split(".")[0] == "protocol"}}
         datasets += chain["evaluation"]["inputs"]
         training_id = run.data.tags.get("training_run_id")
     if training_id:
@@ -111,6 +112,8 @@ def format_lineage(chain: dict[str, Any]) -> str:
     ev = chain.get("evaluation")
     if ev:
         lines.append(f"└ evaluation run {ev['run_id']} ({ev['name']}), model sha256 {str(ev['model_sha256'])[:16]}…")
+        for k, v in ev.get("protocol", {}).items():
+            lines.append(f"    {k}: {v}")
         for k, v in ev["scores"].items():
             lines.append(f"    {k} = {v:.4f}")
     else:

@@ -72,9 +72,11 @@ def test_report_scores_separate_oracle_from_chance_on_many_reports():
     # macro F1 averages all 14 classes; one that never occurs scores 0 even for the oracle (as in the reference)
     occurring = binary_14(labeler.label(reports)).any(0).mean()
     assert top["mac_f1_14"] == pytest.approx(occurring)
-    for key in ("METEOR", "mic_f1_14", "mac_f1_14", "ex_f1_14", "mic_f1_5plus", "mac_f1_5plus"):
+    for key in ("METEOR", "mic_f1_14", "mac_f1_14", "ex_f1_14", "ex_f1_14_strict", "mic_f1_5plus", "mac_f1_5plus"):
         assert top[key] > (occurring - 1e-9 if key == "mac_f1_14" else 0.99)
-        assert low[key] < top[key] - 0.3, (key, top[key], low[key])
+        # the paper's Ex-F1 leaves out every report without a hit, so chance keeps only its lucky reports
+        assert low[key] < top[key] - (0.1 if key == "ex_f1_14" else 0.3), (key, top[key], low[key])
+    assert low["ex_f1_14"] > low["ex_f1_14_strict"] + 0.2
 
 
 def test_shipped_config_equals_defaults():
