@@ -12,7 +12,6 @@ DEMO_CONFIG ?= configs/pipeline/demo.yaml
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
-export RAY_AUTH_MODE := disabled
 
 .PHONY: install browser demo test test-fast bench clean
 

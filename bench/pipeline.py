@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs/pipeline/demo.yaml")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/chex-bench-pipeline"))
     args = parser.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("pipelines.workflow.runner").setLevel(logging.INFO)
     from pipelines.workflow.config import load_pipeline_config

@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--tables", type=Path, default=ROOT / "demo_run/ingested")
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)

@@ -88,6 +88,10 @@ def init_ray(address: str | None = None, **init_kwargs) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray's token authentication, on (Ray's own default for a new local instance, said here so Ray does not warn);
+    # a joined cluster's token comes from $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.
+    # RAY_AUTH_MODE=disabled opts out (docs/pipeline.md: anyone who reaches the ports can then run code).
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     target, why = choose_cluster(address)
     if target is None:
         # RAY_ADDRESS would make even address="local" join a cluster; a private instance must not see it

@@ -5,13 +5,20 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_AUTH_MODE", "token")   # Ray's token auth stays on in tests, as in every command
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # every command a test starts uses a private Ray, never a cluster some `ray start` left on the machine
 # (tests/test_ray_connect.py removes this to test the choice itself)
 os.environ.setdefault("RAY_ADDRESS", "local")
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+if not (os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file()):
+    # `ray start` and ray.cluster_utils need the token to exist first (ray.init makes one, they do not)
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "get-auth-token", "--generate"],
+                   check=True, capture_output=True)
 
 import pytest  # noqa: E402
 

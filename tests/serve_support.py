@@ -36,7 +36,7 @@ def running_server(model: str | Path, log: Path, *args: str, token: str | None =
                    env: dict[str, str] | None = None, timeout: float = 180) -> Iterator[Served]:
     """`chex serve MODEL --port P ARGS` until it answers /readyz; stopped with SIGTERM (graceful) afterwards."""
     port = free_port()
-    full_env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
+    full_env = {**os.environ, **(env or {})}
     if token:
         full_env["CHEX_API_TOKEN"] = token
     cmd = [str(Path(sys.executable).parent / "chex"), "serve", str(model), "--port", str(port), *args]

@@ -112,3 +112,40 @@ def test_ingest_joins_a_running_local_cluster_then_ignores_it_once_stale(ray_hea
     assert stale.returncode == 0, stale.stderr[-3000:]
     assert f"a private local Ray instance (ignored the stale session file {session_file()}: {address}" in stale.stderr
     assert f": 1 node(s), {os.cpu_count()} CPUs" in stale.stderr
+
+
+@pytest.mark.slow
+def test_a_token_auth_cluster_refuses_a_client_without_its_token(ray_head):
+    """The cluster runs with Ray's token authentication (on in every command and test): a client holding the
+    token joins; one with a wrong token, or none, is refused."""
+    address, env, _ = ray_head
+    probe = ("import ray, sys\ntry:\n    ray.init(address=sys.argv[1], log_to_driver=False)\nexcept Exception as exc:\n"
+             "    print('refused:', type(exc).__name__); sys.exit(3)\nprint('joined', ray.cluster_resources().get('CPU'))")
+
+    def join(**extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", probe, address], capture_output=True, text=True, timeout=120,
+                              env={**env, **extra})
+
+    ok = join()
+    assert ok.returncode == 0 and "joined 1.0" in ok.stdout, ok.stderr[-2000:]
+    for extra in ({"RAY_AUTH_TOKEN": "0" * 64}, {"RAY_AUTH_MODE": "disabled"}):
+        refused = join(**extra)
+        assert refused.returncode != 0 and "joined" not in refused.stdout, (extra, refused.stdout, refused.stderr[-1500:])
+
+
+def test_cluster_configs_run_with_token_auth():
+    """`ray up` and KubeRay clusters enforce the token, distributed as each platform expects."""
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    up = yaml.safe_load((repo / "ray_cluster.yaml").read_text())
+    assert "-e RAY_AUTH_MODE=token" in up["docker"]["run_options"]
+    assert up["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
+    job = yaml.safe_load((repo / "infra/kuberay/rayjob.yaml").read_text())["spec"]["rayClusterSpec"]
+    groups = [job["headGroupSpec"], *job["workerGroupSpecs"]]
+    for group in groups:
+        env = {e["name"]: e for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "chex-ray-auth", "key": "token"}
+    secrets = {d["metadata"]["name"] for d in yaml.safe_load_all((repo / "infra/kuberay/ray-auth-secret.yaml").read_text())}
+    assert secrets == {"chex-ray-auth", "chex-mlflow-auth"}
