@@ -11,11 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.config import EvalConfig
-from evaluation.postprocess import BoxPostprocess
 from evaluation.evaluate import SOURCES, Evaluation, TaskResult
+from evaluation.postprocess import BoxPostprocess
 from evaluation.table import markdown
 from pipelines.digests import file_sha256
-from pipelines.tracking import STORE, Tracking, code_tags, dataset_inputs, default_uri, flatten, log_dataset, metric_key
+from pipelines.redact import redact_uri
+from pipelines.tracking import (
+    STORE,
+    Tracking,
+    code_tags,
+    dataset_inputs,
+    default_uri,
+    flatten,
+    log_dataset,
+    metric_key,
+)
 from pipelines.training.fit import EXPORT_TAG
 
 log = logging.getLogger(__name__)
@@ -126,7 +136,7 @@ def run_evaluation(tables: Path, cfg: EvalConfig, out: Path, model_dir: Path | N
         results = evaluation.run(on_result=_log_metrics())
         baselines = _baselines(evaluation, results) if cfg.predictor == "model" else {}
         payload = {"model": str(Path(model_dir).resolve()) if model_dir else None, "predictor": cfg.predictor,
-                   "split": cfg.split, "mlflow_run_id": run.info.run_id, "tracking_uri": uri,
+                   "split": cfg.split, "mlflow_run_id": run.info.run_id, "tracking_uri": redact_uri(uri),
                    "protocol": {"name": cfg.protocol.name, **cfg.protocol.describe()},
                    "tasks": {k: r.to_dict() for k, r in results.items()}, "baselines": baselines}
         (out / RESULTS).write_text(json.dumps(payload, indent=2, default=float) + "\n")

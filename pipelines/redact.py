@@ -1,13 +1,14 @@
 """Credentials never leave the process in a URI: the one place that strips them before anything is logged.
 
-A URI's userinfo (``http://alice:token@host``, ``postgresql://user:pw@db/mlflow``) and its credential query
-parameters (``password``, ``token``, S3 pre-signed ``X-Amz-Signature``, Azure SAS ``sig`` ...) are replaced by
-``***``. Everything that reaches MLflow parameters, tags, artifacts, logs or the console goes through here first;
+A URI's userinfo (``http://alice:token@host``, ``postgresql://user:pw@db/mlflow``) is dropped, so what is
+recorded stays a working address for a client whose credentials come from its environment; its credential query
+parameters (``password``, ``token``, S3 pre-signed ``X-Amz-Signature``, Azure SAS ``sig`` ...) become ``***``. Everything that reaches MLflow parameters, tags, artifacts, logs or the console goes through here first;
 credentials travel the way MLflow documents instead (``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` or
 ``MLFLOW_TRACKING_TOKEN``, and the workers' environment for storage keys).
 """
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -24,7 +25,8 @@ _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
 
 
 def redact_uri(uri: str) -> str:
-    """``uri`` without its userinfo and credential query values; anything that is not a URI comes back unchanged."""
+    """``uri`` without its userinfo and with its credential query values masked; anything that is not a URI comes
+    back unchanged."""
     try:
         parts = urlsplit(uri)
     except ValueError:
@@ -33,7 +35,7 @@ def redact_uri(uri: str) -> str:
         return uri
     netloc = parts.netloc
     if "@" in netloc:
-        netloc = f"{MASK}@{netloc.rsplit('@', 1)[1]}"
+        netloc = netloc.rsplit("@", 1)[1]
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
@@ -58,3 +60,14 @@ def redact(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(redact(v) for v in value)
     return value
+
+
+class RedactFilter(logging.Filter):
+    """A log handler filter: every URI in a record's message is redacted before any handler writes it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True

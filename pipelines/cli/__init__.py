@@ -22,6 +22,10 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from pipelines.redact import RedactFilter
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactFilter())   # no credential in a URI reaches the console or a log file
     logging.getLogger("openjpeg").setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from chex_model.checkpoint import CheckpointError

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from pipelines.cli.args import UsageError, existing, model_folder, positive
+from pipelines.redact import redact_uri
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -51,4 +52,4 @@ def run_evaluate(args: argparse.Namespace) -> None:
     out = args.out or (args.model.resolve().parent / "evaluation" if args.model else Path("runs/evaluate") / cfg.predictor)
     payload = run_evaluation(args.data, cfg, out, args.model, args.tracking_uri)
     print((Path(out) / TABLE).read_text())
-    print(f"results: {Path(out) / RESULTS}; MLflow run {payload['mlflow_run_id']} in {payload['tracking_uri']}")
+    print(f"results: {Path(out) / RESULTS}; MLflow run {payload['mlflow_run_id']} in {redact_uri(payload['tracking_uri'])}")

@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pipelines.cli.args import Parser, add_ray_address, existing
+from pipelines.redact import redact_uri
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +40,15 @@ def run_pipeline(args: argparse.Namespace) -> None:
         print(f"registered {reg['name']} v{reg['version']} ({', '.join(reg['aliases'])}); champion v{reg['champion']}")
         venv_chex = Path(sys.executable).parent / "chex"
         print(f"Serve the champion (then open http://127.0.0.1:8000): {venv_chex if venv_chex.is_file() else 'chex'} "
-              f"serve models:/{reg['name']}@champion --tracking-uri {cfg.tracking()}")
+              f"serve models:/{reg['name']}@champion --tracking-uri {redact_uri(cfg.tracking())}")
+    print(tracking_hint(cfg.tracking()))
+
+
+def tracking_hint(uri: str) -> str:
+    """Where to look at the runs: the server's own URL for a remote store (credentials stripped), `mlflow ui` only
+    for a local one (a SQLite file or a folder)."""
+    if urlsplit(uri).scheme in ("http", "https", "databricks"):
+        return f"MLflow: open {redact_uri(uri)} (sign in with your tracking-server user)"
     venv_mlflow = Path(sys.executable).parent / "mlflow"
-    ui = f"{venv_mlflow if venv_mlflow.is_file() else 'mlflow'} ui --backend-store-uri {cfg.tracking()}"
-    print(f"MLflow UI (then open http://127.0.0.1:5000): {ui}")
+    ui = f"{venv_mlflow if venv_mlflow.is_file() else 'mlflow'} ui --backend-store-uri {redact_uri(uri)}"
+    return f"MLflow UI (then open http://127.0.0.1:5000): {ui}"

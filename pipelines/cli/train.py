@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from pipelines.cli.args import add_ray_address, existing, positive
+from pipelines.redact import redact_uri
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +44,7 @@ def run_train(args: argparse.Namespace) -> None:
     for res in run_workflow(cfg, only=args.stage or None):
         shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(res.metrics.items()) if k.startswith("val/"))
         print(f"stage {res.name}: model {res.model_dir} ({shown})")
-    print(f"MLflow: {cfg.tracking_uri()} (experiment {cfg.mlflow.experiment})")
+    print(f"MLflow: {redact_uri(cfg.tracking_uri())} (experiment {cfg.mlflow.experiment})")
 
 
 def run_tune(args: argparse.Namespace) -> None:
