@@ -18,7 +18,6 @@ export RAY_USAGE_STATS_ENABLED := 0
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
-	@command -v java >/dev/null 2>&1 || { echo "error: Java is not on PATH; METEOR in chex evaluate runs pycocoevalcap's meteor-1.5.jar: install a JRE (e.g. apt-get install openjdk-17-jre-headless)" >&2; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0 $(PIP_QUIET)
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,serve,cluster]' $(PIP_QUIET)

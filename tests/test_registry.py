@@ -191,7 +191,7 @@ def test_registry_against_a_real_mlflow_server(backend, tiny_model_dir, tmp_path
     from pipelines.registry import CHAMPION, register
 
     if backend == "postgresql" and not local_postgres.available():
-        pytest.skip("PostgreSQL's initdb / pg_ctl are not installed")
+        pytest.skip(f"PostgreSQL backend not tested: {local_postgres.why_unavailable()}")
     with contextlib.ExitStack() as stack:
         store = (f"sqlite:///{tmp_path / 'server.db'}" if backend == "sqlite"
                  else stack.enter_context(local_postgres.local_postgres()))
