@@ -46,10 +46,14 @@ def quiet_data(cfg: TrainConfig) -> Iterator[None]:
 
 def fit_stage(cfg: TrainConfig, stage: StageConfig, init_model: Path, datasets: dict[str, Any], parent_run_id: str | None,
               trainer: type[StageTrainer], callbacks: tuple = (), run_name: str | None = None,
-              tags: dict[str, str] | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+              tags: dict[str, str] | None = None, attempt: str | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """Fit one stage on ``datasets`` (``train`` split across the workers, ``val``) with a ``TorchTrainer`` of
     ``trainer`` workers, and copy the selected checkpoint's model to ``<workdir>/<stage>/model``.
-    Returns the checkpoint's path, its reported metrics and its loop state."""
+
+    The Ray Train run is ``<stage>_<attempt>`` under the storage path: Train V2 restores a run of the same name from
+    its latest registered checkpoint, so the pipeline passes the attempt of an interrupted stage to resume it, and a
+    new attempt (default: the current time) to start afresh. Returns the checkpoint's path, its reported metrics and
+    its loop state."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -77,8 +81,7 @@ def fit_stage(cfg: TrainConfig, stage: StageConfig, init_model: Path, datasets: 
         dataset_config=DataConfig(datasets_to_split=["train"],
                                   execution_options=_execution_options(cfg.data.reproducible)),
         run_config=RunConfig(
-            # a fresh name per fit: Train V2 would otherwise restore a finished earlier run of the same stage
-            name=f"{stage.name}_{time.strftime('%Y%m%d-%H%M%S')}", storage_path=cfg.ray_storage(),
+            name=f"{stage.name}_{attempt or time.strftime('%Y%m%d-%H%M%S')}", storage_path=cfg.ray_storage(),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute=stage.select_metric,
                                                checkpoint_score_order=stage.select_mode),
             failure_config=FailureConfig(max_failures=cfg.max_failures), callbacks=list(callbacks),

@@ -210,8 +210,9 @@ def use_own_backbones(cfg: TrainConfig) -> None:
             setattr(cfg, f"{kind}_dir", str(exported(cfg, kind)))
 
 
-def run_pretrain(cfg: TrainConfig, kind: str, parent_run_id: str | None = None) -> StageResult:
-    """Pre-train backbone ``kind`` ("clip" or "lm") and export it to ``<workdir>/<clip|lm>_pretrain/model``."""
+def run_pretrain(cfg: TrainConfig, kind: str, parent_run_id: str | None = None, attempt: str | None = None) -> StageResult:
+    """Pre-train backbone ``kind`` ("clip" or "lm") and export it to ``<workdir>/<clip|lm>_pretrain/model``
+    (``attempt``: see :func:`~pipelines.training.fit.fit_stage`)."""
     from chex_model.config import preset
 
     settings = getattr(cfg.pretrain, kind)
@@ -231,6 +232,6 @@ def run_pretrain(cfg: TrainConfig, kind: str, parent_run_id: str | None = None) 
         else:
             val = sentence_dataset(scfg, val_split(scfg)).limit(VAL_SENTENCES).materialize()
             datasets, trainer = {"train": sentence_dataset(scfg, "train", shuffle=True), "val": val}, LmTrainer
-        best, metrics, state = fit_stage(scfg, stage, init, datasets, parent_run_id, trainer)
+        best, metrics, state = fit_stage(scfg, stage, init, datasets, parent_run_id, trainer, attempt=attempt)
     log_export(cfg, state.get("mlflow_run_id"), out, best, state["step"])
     return StageResult(stage.name, out, metrics, best)

@@ -58,17 +58,19 @@ def _image_size(model_dir: Path) -> int:
 
 
 def run_stage(cfg: TrainConfig, stage: StageConfig, init_model: Path, parent_run_id: str | None = None,
-              trainer: type[Trainer] = Trainer, callbacks: tuple = (), run_name: str | None = None) -> StageResult:
+              trainer: type[Trainer] = Trainer, callbacks: tuple = (), run_name: str | None = None,
+              attempt: str | None = None) -> StageResult:
     """Train one stage with a ``TorchTrainer`` and export its selected checkpoint's model to ``<workdir>/<stage>/model``.
 
     ``callbacks`` go to the Train ``RunConfig`` (a sweep passes Tune's report callback); ``run_name`` names the MLflow
-    run (default: the stage); ``trainer`` is the per-worker class (a subclass can hook each step, e.g. a fault drill)."""
+    run (default: the stage); ``trainer`` is the per-worker class (a subclass can hook each step, e.g. a fault drill);
+    ``attempt`` names the Ray Train run (see :func:`~pipelines.training.fit.fit_stage`)."""
     with quiet_data(cfg):
-        return _run_stage(cfg, stage, init_model, parent_run_id, trainer, callbacks, run_name)
+        return _run_stage(cfg, stage, init_model, parent_run_id, trainer, callbacks, run_name, attempt)
 
 
 def _run_stage(cfg: TrainConfig, stage: StageConfig, init_model: Path, parent_run_id: str | None,
-               trainer: type[Trainer], callbacks: tuple, run_name: str | None) -> StageResult:
+               trainer: type[Trainer], callbacks: tuple, run_name: str | None, attempt: str | None) -> StageResult:
     tables = Path(cfg.data.tables)
     if not (tables / TABLES).is_dir():
         raise FileNotFoundError(f"no ingested tables under {tables} (run `chex ingest` first)")
@@ -85,7 +87,7 @@ def _run_stage(cfg: TrainConfig, stage: StageConfig, init_model: Path, parent_ru
     val_ds = build_dataset(tables, "val", size, None, cfg.data.seed, 1, exclude, limit=cfg.data.val_max_images,
                            sources=tuple(stage.sources), frontal_only=cfg.data.frontal_only)[0].materialize()
     best, metrics, state = fit_stage(cfg, stage, init_model, {"train": train_ds, "val": val_ds}, parent_run_id, trainer,
-                                     callbacks, run_name, {"vindr_factor": str(info["vindr_factor"])})
+                                     callbacks, run_name, {"vindr_factor": str(info["vindr_factor"])}, attempt)
     out = Path(cfg.workdir).resolve() / stage.name / MODEL_DIR
     if set(stage.trains) & set(FEATURE_PARTS):
         _calibrate(cfg, out, state.get("mlflow_run_id"))

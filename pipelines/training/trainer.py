@@ -26,6 +26,8 @@ from pipelines.training.engines import DdpEngine, DeepSpeedEngine
 
 MODEL_DIR = "model"
 STATE_FILE = "state.json"  # step, epoch, position and MLflow run of a checkpoint, for people and the driver
+PARENT_TAG = "mlflow.parentRunId"
+RESUMED_METRIC = "resumed_from_step"  # logged at each restart from a checkpoint, at the step it resumed from
 GROUP_FILE = "placement_group"  # <workdir>/placement_group: the worker group's id, for cleaning up after a kill
 
 
@@ -234,6 +236,10 @@ class StageTrainer:
             mlflow.log_params(flatten({"train": asdict(self.cfg), "stage": asdict(self.stage)}))
             for ds in self.loop.inputs:
                 log_dataset(ds)
+        else:  # restarted from a checkpoint (a lost worker or node, a rerun of an interrupted stage): say where from,
+            # under the pipeline run that now drives the stage (a rerun's new parent run)
+            mlflow.log_metric(RESUMED_METRIC, self.state["step"], step=self.state["step"])
+            mlflow.set_tags({k: v for k, v in self.loop.tags.items() if k == PARENT_TAG})
         self.mlflow, self.state["mlflow_run_id"] = mlflow, run.info.run_id
         group = ray.util.get_current_placement_group()
         if group is not None:

@@ -2,13 +2,15 @@
 
 A stage whose key matches its last successful run in ``<workdir>/pipeline_state.json`` and whose outputs still
 exist is skipped, so a rerun only does what changed; ``from_stage`` forces a rerun from there on. A failing stage
-stops the run with its error and leaves every earlier stage's outputs and state in place.
+stops the run with its error and leaves every earlier stage's outputs and state in place. A stage that did not
+finish (the pipeline was killed during it, or it failed) continues its attempt when rerun with the same key: a
+training stage resumes from its last registered checkpoint, in the same MLflow run.
 """
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from pipelines.workflow.stages import (
     SynthStage,
     TrainStage,
 )
-from pipelines.workflow.state import PipelineState, StageFailed
+from pipelines.workflow.state import PipelineState, StageFailed, attempt_of
 
 log = logging.getLogger(__name__)
 
@@ -167,14 +169,20 @@ class Pipeline:
             ctx.upstream[stage.name] = prev["outputs"]
             log.info("stage %s: unchanged, skipped", stage.name)
             return StageRecord(stage.name, key, prev["outputs"], True)
-        log.info("stage %s: running", stage.name)
-        state.set(stage.name, key=key, status="running", inputs=inputs)
+        attempt = attempt_of(prev, key, stage.name in forced)
+        if attempt == prev.get("attempt"):
+            log.info("stage %s: continuing its %s attempt %s (--from %s starts it afresh)", stage.name,
+                     "interrupted" if prev["status"] == "running" else "failed", attempt, stage.name)
+        else:
+            log.info("stage %s: running", stage.name)
+        state.set(stage.name, key=key, status="running", inputs=inputs, attempt=attempt)
         try:
-            outputs = stage.run(ctx)
+            outputs = stage.run(replace(ctx, attempt=attempt))
         except Exception as exc:
-            state.set(stage.name, key=key, status="failed", inputs=inputs, error=f"{type(exc).__name__}: {exc}")
+            state.set(stage.name, key=key, status="failed", inputs=inputs, attempt=attempt,
+                      error=f"{type(exc).__name__}: {exc}")
             mlflow.set_tag("failed_stage", stage.name)
             raise StageFailed(stage.name, exc) from exc
-        state.set(stage.name, key=key, status="succeeded", inputs=inputs, outputs=outputs)
+        state.set(stage.name, key=key, status="succeeded", inputs=inputs, attempt=attempt, outputs=outputs)
         ctx.upstream[stage.name] = outputs
         return StageRecord(stage.name, key, outputs, False)

@@ -51,6 +51,7 @@ class Context:
     upstream: dict[str, dict[str, Any]]
     parent_run_id: str = ""
     address: str | None = None
+    attempt: str = ""  # this run of the stage (state.attempt_of): a training stage's Ray Train run is named by it
 
 
 class Stage(ABC):
@@ -98,7 +99,7 @@ class PretrainStage(Stage):
     def run(self, ctx: Context) -> dict[str, Any]:
         from pipelines.training.pretrain import run_pretrain
 
-        res = run_pretrain(ctx.pipeline.train_cfg, self.kind, ctx.parent_run_id)
+        res = run_pretrain(ctx.pipeline.train_cfg, self.kind, ctx.parent_run_id, attempt=ctx.attempt)
         return {"model_dir": str(res.model_dir), "weights_sha256": file_sha256(Path(res.model_dir) / "model.safetensors"),
                 "checkpoint": res.checkpoint, "metrics": {k: v for k, v in res.metrics.items() if k.startswith("val/")}}
 
@@ -192,7 +193,7 @@ class TrainStage(Stage):
         p = ctx.pipeline
         p.use_backbones(ctx.upstream)
         stage = p.stage_config(self.stage, ctx.upstream)
-        res = run_stage(p.train_cfg, stage, stage_input(p.train_cfg, stage.name), ctx.parent_run_id)
+        res = run_stage(p.train_cfg, stage, stage_input(p.train_cfg, stage.name), ctx.parent_run_id, attempt=ctx.attempt)
         calibration = Path(res.model_dir) / CALIBRATION_FILE
         return {"model_dir": str(res.model_dir), "weights_sha256": file_sha256(Path(res.model_dir) / "model.safetensors"),
                 "calibration_sha256": file_sha256(calibration) if calibration.is_file() else None,

@@ -3,6 +3,8 @@ failed stage ends the run with."""
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,15 @@ class PipelineState:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.stages, indent=2, sort_keys=True))
         tmp.replace(self.path)
+
+
+def attempt_of(prev: dict[str, Any], key: str, forced: bool) -> str:
+    """The id of this run of a stage. A stage rerun with the key of an attempt that did not succeed (the pipeline was
+    killed during it, or it failed) continues that attempt: a training stage resumes from its last checkpoint.
+    Anything else (a new key, ``--from``, a success before) starts a new attempt."""
+    if not forced and prev.get("key") == key and prev.get("status") in ("running", "failed") and prev.get("attempt"):
+        return prev["attempt"]
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
 class StageFailed(RuntimeError):
