@@ -6,14 +6,16 @@ record lineage in a run: flattened params, code tags, and ingest datasets as MLf
 """
 from __future__ import annotations
 
+import os
 import re
-
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from pipelines.ingest.manifest import code_version, read_manifest
+from pipelines.redact import redact_text, redact_uri
 
 STORE = "mlflow.db"
 
@@ -38,10 +40,26 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
+def client_uri(uri: str) -> str:
+    """The URI MLflow is given: basic-auth userinfo in an http(s) URI moves to ``MLFLOW_TRACKING_USERNAME`` /
+    ``MLFLOW_TRACKING_PASSWORD`` (how MLflow takes credentials; local Ray workers inherit them), so MLflow never
+    prints or records the secret ("View run at ..." lines, run links)."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or parts.username is None:
+        return uri
+    os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username))
+    if parts.password is not None:
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password))
+    return redact_uri(uri)
+
+
 @dataclass(frozen=True)
 class Tracking:
     uri: str
     experiment: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "uri", client_uri(self.uri))
 
     @classmethod
     def in_folder(cls, folder: Path | str, experiment: str, uri: str = "") -> Tracking:
@@ -62,14 +80,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """``{"a": {"b": 1}} -> {"a.b": "1"}`` (MLflow params are flat strings, at most 6000 characters)."""
+    """``{"a": {"b": 1}} -> {"a.b": "1"}`` (MLflow params are flat strings, at most 6000 characters), every URI in
+    a value redacted: the one road from a config to MLflow params carries no credential."""
     out: dict[str, str] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
             out.update(flatten(v, f"{key}."))
         else:
-            out[key] = str(v)[:6000]
+            out[key] = redact_text(str(v))[:6000]
     return out
 
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chex_model.typed_config import ConfigError, load_config
-from pipelines.tracking import default_uri
+from pipelines.tracking import client_uri, default_uri
 
 
 @dataclass
@@ -56,7 +56,8 @@ class PipelineConfig:
     experiment: str = "chex-pipeline"
 
     def tracking(self) -> str:
-        return self.tracking_uri or default_uri(self.workdir)
+        """The store, as MLflow is given it (credentials in the URI move to MLflow's environment variables)."""
+        return client_uri(self.tracking_uri) if self.tracking_uri else default_uri(self.workdir)
 
 
 def load_pipeline_config(path: Path) -> PipelineConfig:

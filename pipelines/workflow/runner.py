@@ -130,6 +130,7 @@ class Pipeline:
         import mlflow
 
         from pipelines.ray_runtime import init_ray
+        from pipelines.redact import redact
         from pipelines.tracking import code_tags, flatten
 
         names = self.stage_names
@@ -146,7 +147,7 @@ class Pipeline:
         init_ray(address)
         exp = Tracking(self.cfg.tracking(), self.cfg.experiment).activate()  # nested stage runs land in it too
         with mlflow.start_run(experiment_id=exp, run_name="pipeline", tags=code_tags()) as parent:
-            (self.workdir / "resolved_config.json").write_text(json.dumps(self.resolved(), indent=2, default=str))
+            (self.workdir / "resolved_config.json").write_text(json.dumps(redact(self.resolved()), indent=2, default=str))
             mlflow.log_artifact(str(self.workdir / "resolved_config.json"))
             mlflow.log_params(flatten({"pipeline": asdict(self.cfg)}))
             ctx = Context(self, {}, parent.info.run_id, address)
