@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
@@ -88,11 +90,30 @@ def init_ray(address: str | None = None, **init_kwargs) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # Ray's token authentication, on (Ray's own default for a new local instance, said here so Ray does not warn);
-    # a joined cluster's token comes from $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.
-    # RAY_AUTH_MODE=disabled opts out (docs/pipeline.md: anyone who reaches the ports can then run code).
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     target, why = choose_cluster(address)
+    with _quiet_auth_notice():
+        _init(ray, target, init_kwargs)
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    log.info("Ray: using %s: %d node(s), %g CPUs", why, nodes, ray.cluster_resources().get("CPU", 0))
+
+
+@contextmanager
+def _quiet_auth_notice() -> Iterator[None]:
+    """Ray's token authentication stays as Ray sets it: on for a new local instance (Ray's default, which it
+    announces with a warning on every start), and for a joined cluster whenever a token is available
+    ($RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token). RAY_AUTH_MODE=disabled opts out (docs/pipeline.md:
+    anyone who reaches the ports can then run code). Only the announcement is kept off the console; Ray decides
+    the mode itself, because it caches it in-process when it is imported."""
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = notice.level
+    notice.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        notice.setLevel(level)
+
+
+def _init(ray, target: str | None, init_kwargs: dict) -> None:
     if target is None:
         # RAY_ADDRESS would make even address="local" join a cluster; a private instance must not see it
         env = os.environ.pop("RAY_ADDRESS", None)
@@ -106,5 +127,3 @@ def init_ray(address: str | None = None, **init_kwargs) -> None:
             ray.init(address=target, **{"log_to_driver": False, **init_kwargs})
         except ConnectionError as exc:
             raise RayUnavailable(f"cannot join the Ray cluster at {target}: {exc}") from exc
-    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    log.info("Ray: using %s: %d node(s), %g CPUs", why, nodes, ray.cluster_resources().get("CPU", 0))

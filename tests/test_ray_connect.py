@@ -149,3 +149,18 @@ def test_cluster_configs_run_with_token_auth():
         assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "chex-ray-auth", "key": "token"}
     secrets = {d["metadata"]["name"] for d in yaml.safe_load_all((repo / "infra/kuberay/ray-auth-secret.yaml").read_text())}
     assert secrets == {"chex-ray-auth", "chex-mlflow-auth"}
+
+
+def test_a_private_instance_runs_with_token_auth_and_says_nothing_about_it(tmp_path):
+    """As a `chex` command meets it: Ray imported first, no RAY_AUTH_MODE in the environment (the Makefile and the
+    CLI set none). Ray turns token auth on for the new instance; its announcement stays off the console."""
+    code = ("import ray, os, logging\nlogging.basicConfig(level=logging.INFO)\n"
+            "from pipelines.ray_runtime import init_ray\ninit_ray(None)\n"
+            "print('mode', os.environ.get('RAY_AUTH_MODE'), ray.get(ray.remote(lambda: 41 + 1).remote()))")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="r", dir="/tmp")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mode token 42" in proc.stdout
+    assert "Token authentication is" not in proc.stderr and "Ray: using a private local Ray instance" in proc.stderr
