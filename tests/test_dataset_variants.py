@@ -25,7 +25,7 @@ from preprocessing.synth.catalog import CATALOG
 from preprocessing.synth.write_vindr import KAGGLE_DIR, sample_images, write_kaggle
 from preprocessing.tables import TableError, span_columns
 from preprocessing.vindr_cxr import fuse_boxes, read_vindr
-from test_readers import NIH_BBOX_LIST, NIH_DATA_ENTRY_2017, NIH_KAGGLE_IMAGES, write_png, write_text
+from test_readers import NIH_BBOX_LIST, NIH_DATA_ENTRY_2017, write_nih_tree, write_text
 
 # the Kaggle classes by class_id (spec 4.8), written out here rather than taken from the reader
 KAGGLE_15 = (
@@ -270,13 +270,7 @@ def test_kaggle_tree_ingests_fused_boxes_near_the_truth(kaggle_ingest) -> None:
 
 @pytest.fixture
 def nih_root(tmp_path: Path) -> Path:
-    root = tmp_path / "nih"
-    write_text(root / "Data_Entry_2017.csv", NIH_DATA_ENTRY_2017)
-    write_text(root / "BBox_List_2017.csv", NIH_BBOX_LIST)
-    for folder, names in NIH_KAGGLE_IMAGES.items():
-        for name in names:
-            write_png(root / folder / "images" / name)
-    return root
+    return write_nih_tree(tmp_path / "nih")
 
 
 def test_nih_split_lists_do_not_change_the_records(nih_root: Path) -> None:

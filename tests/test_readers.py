@@ -124,15 +124,19 @@ def nih_labels(*present: str) -> dict[str, int]:
     return {name: int(name in present) for name in NIH_LABELS_15}
 
 
-@pytest.fixture
-def nih_root(tmp_path: Path) -> Path:
-    root = tmp_path / "nih"
+def write_nih_tree(root: Path) -> Path:
+    """The NIH fixture tree: both tables and the Kaggle image folders (tests/test_dataset_variants.py uses it too)."""
     write_text(root / "Data_Entry_2017.csv", NIH_DATA_ENTRY_2017)
     write_text(root / "BBox_List_2017.csv", NIH_BBOX_LIST)
     for folder, names in NIH_KAGGLE_IMAGES.items():
         for name in names:
             write_png(root / folder / "images" / name)
     return root
+
+
+@pytest.fixture
+def nih_root(tmp_path: Path) -> Path:
+    return write_nih_tree(tmp_path / "nih")
 
 
 def _nih_split_by_patient(records: list[RawRecord]) -> dict[str, str]:
