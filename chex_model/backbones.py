@@ -6,10 +6,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     AutoTokenizer,
     CLIPConfig,
+    CLIPModel,
     CLIPTextConfig,
     CLIPTextModelWithProjection,
     CLIPVisionConfig,
@@ -98,10 +100,22 @@ def load_backbones(clip_dir: Path, lm_dir: Path) -> Backbones:
     for name, path in (("CLIP", clip_dir), ("GPT-2", lm_dir)):
         if not (Path(path) / "config.json").is_file():
             raise FileNotFoundError(f"{name} weights: {path} has no config.json (expected a Hugging Face model folder)")
-    return Backbones(
-        CLIPVisionModelWithProjection.from_pretrained(clip_dir), CLIPTextModelWithProjection.from_pretrained(clip_dir),
-        AutoTokenizer.from_pretrained(clip_dir), GPT2LMHeadModel.from_pretrained(lm_dir), AutoTokenizer.from_pretrained(lm_dir),
-    )
+    vision, text, _ = clip_towers(clip_dir)
+    return Backbones(vision, text, AutoTokenizer.from_pretrained(clip_dir), GPT2LMHeadModel.from_pretrained(lm_dir),
+                     AutoTokenizer.from_pretrained(lm_dir))
+
+
+def clip_towers(directory: Path | str) -> tuple[CLIPVisionModelWithProjection, CLIPTextModelWithProjection, CLIPModel]:
+    """The two towers ChEX uses, from one ``CLIPModel`` folder read once as the model it is (loading each tower's
+    class from it reads the file twice and reports the other tower's weights as unexpected); and that model."""
+    clip = CLIPModel.from_pretrained(directory)
+    vc, tc = clip.config.vision_config, clip.config.text_config
+    vc.projection_dim = tc.projection_dim = clip.config.projection_dim
+    with torch.device("meta"):  # shells only: both of their modules are replaced by the loaded ones
+        vision, text = CLIPVisionModelWithProjection(vc), CLIPTextModelWithProjection(tc)
+    vision.vision_model, vision.visual_projection = clip.vision_model, clip.visual_projection
+    text.text_model, text.text_projection = clip.text_model, clip.text_projection
+    return vision, text, clip
 
 
 def load_conv_branch(clip_dir: Path, widths: list[int], d: int) -> ConvBranch | None:

@@ -17,14 +17,13 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import (
     AutoTokenizer,
-    CLIPModel,
     CLIPTextModelWithProjection,
     CLIPVisionModelWithProjection,
     GPT2LMHeadModel,
     PreTrainedTokenizerBase,
 )
 
-from chex_model.backbones import CONV_BRANCH_FILE, clip_config, gpt2_config, load_conv_branch, save_clip
+from chex_model.backbones import CONV_BRANCH_FILE, clip_config, clip_towers, gpt2_config, load_conv_branch, save_clip
 from chex_model.config import ChexConfig
 from chex_model.conv_branch import ConvBranch
 
@@ -57,10 +56,7 @@ class ContrastiveClip(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: Path | str, conv_widths: Sequence[int] = ()) -> "ContrastiveClip":
         """A folder :meth:`save_pretrained` wrote (or any ``CLIPModel`` folder); ``conv_widths``: load its conv branch."""
-        clip = CLIPModel.from_pretrained(directory)
-        vision, text = CLIPVisionModelWithProjection(clip.config.vision_config), CLIPTextModelWithProjection(clip.config.text_config)
-        vision.vision_model, vision.visual_projection = clip.vision_model, clip.visual_projection
-        text.text_model, text.text_projection = clip.text_model, clip.text_projection
+        vision, text, clip = clip_towers(directory)
         conv = load_conv_branch(Path(directory), list(conv_widths), clip.projection_dim) if conv_widths else None
         return cls(vision, text, AutoTokenizer.from_pretrained(directory), float(clip.logit_scale.detach()), conv)
 

@@ -28,9 +28,11 @@ from evaluation.figures import example_picture, pr_figure
 from evaluation.postprocess import BoxPostprocess
 from preprocessing.box_geometry import cxcywh_to_xyxy
 from preprocessing.image_io import decode_png
+from preprocessing.progress import Progress, report
 
 log = logging.getLogger(__name__)
 _WARNED: set[tuple] = set()
+NAMED_SKIPS = 8  # a warning names this many left-out classes at most (a console line, not a list of 41)
 SHUFFLE_SEED = 0  # fixed, so every run and every task pairs the same images
 SOURCES = {"od_vindr": "vindr_cxr", "od_nih": "nih_cxr", "od_mscxr": "ms_cxr", "sg_mscxr": "ms_cxr", "rc_mscxr": "ms_cxr",
            "rc_cig": "mimic_cxr", "re_mscxr": "ms_cxr", "re_cig": "mimic_cxr", "rg_mimic": "mimic_cxr"}
@@ -137,9 +139,11 @@ class Evaluation:
         res.skipped = skipped
         for names, metrics in group_skips(skipped).items():
             said = (res.task, res.source, res.split, names, tuple(metrics))
+            shown = ", ".join(names) if len(names) <= NAMED_SKIPS else (
+                f"{', '.join(names[:NAMED_SKIPS - 2])} and {len(names) - NAMED_SKIPS + 2} more (results.json names them)")
             (log.debug if said in _WARNED else log.warning)(
                 "%s %s: left out of the mean (no ground truth, or no negatives) on %s/%s: %s", res.task,
-                ", ".join(metrics), res.source, res.split, ", ".join(names))
+                ", ".join(metrics), res.source, res.split, shown)
             _WARNED.add(said)   # once per process: training-time validation repeats the same sets
 
     @property
@@ -193,7 +197,12 @@ class Evaluation:
         for task in tasks:
             start = time.perf_counter()
             self._timings, self._notes = {}, []
+            label = task if self.cfg.predictor == "model" else f"{task} ({self.cfg.predictor})"
+            if self.runner is not None:
+                self.runner.task = label
+            report(Progress(label, 0, None, "", {"phase": "loading"}))
             res = getattr(self, f"_{task}")(task) if not task.startswith("od_") else self._od(task)
+            report(Progress(label, res.n, res.n, "samples", {"seconds": round(time.perf_counter() - start, 1)}, final=True))
             res.note = "; ".join(dict.fromkeys(n for n in (res.note, *self._notes) if n))
             res.seconds = round(time.perf_counter() - start, 2)
             res.timings = {k: round(v, 2) for k, v in self._timings.items()}

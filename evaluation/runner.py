@@ -2,13 +2,11 @@
 embeddings, generated sentences and grounded reports. Boxes in and out are normalized xyxy of the stored image."""
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from chex_model import box_ops
 from chex_model.image_encoder import encoder_input
@@ -16,12 +14,9 @@ from chex_model.inference import Report, report
 from chex_model.prompts import PromptSet
 from evaluation.data import Row
 from preprocessing.image_io import decode_png
+from preprocessing.progress import track
 
 GENERATION_CHUNK = 32  # sentences per generator call, as the reference
-
-
-def progress(items: Sequence, desc: str, enabled: bool = True) -> Iterator:
-    return iter(tqdm(items, desc=desc, file=sys.stderr, leave=False, disable=not enabled or len(items) < 2))
 
 
 class ModelRunner:
@@ -30,6 +25,13 @@ class ModelRunner:
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.show_progress = show_progress
+        self.task = ""  # the evaluation task running (set by Evaluation.run): its progress row
+
+    def progress(self, items: Sequence, desc: str, unit: str) -> Iterator:
+        """``items``, reported as the current task's progress in phase ``desc`` (preprocessing/progress.py)."""
+        if not self.show_progress or len(items) < 2:
+            return iter(items)
+        return track(items, self.task or desc, unit=unit, phase=desc)
 
     @property
     def size(self) -> int:
@@ -41,7 +43,7 @@ class ModelRunner:
 
     def batches(self, n: int, desc: str) -> Iterator[slice]:
         starts = list(range(0, n, self.batch_size))
-        for s in progress(starts, desc, self.show_progress):
+        for s in self.progress(starts, desc, "batches"):
             yield slice(s, min(s + self.batch_size, n))
 
     @torch.inference_mode()
@@ -99,10 +101,10 @@ class ModelRunner:
     def generate(self, features: torch.Tensor, desc: str = "generate") -> list[str]:
         out: list[str] = []
         starts = list(range(0, len(features), GENERATION_CHUNK))
-        for s in progress(starts, desc, self.show_progress):
+        for s in self.progress(starts, desc, "batches"):
             out += self.model.generate(features[s: s + GENERATION_CHUNK].to(self.model.device), self.max_new_tokens)
         return out
 
     def reports(self, rows: Sequence[Row], prompt_set: PromptSet) -> list[Report]:
         return [report(self.model, decode_png(r["image_png"]), prompt_set, max_new_tokens=self.max_new_tokens)
-                for r in progress(rows, "reports", self.show_progress)]
+                for r in self.progress(rows, "reports", "images")]

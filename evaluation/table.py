@@ -63,3 +63,19 @@ def markdown(results: dict[str, Any], column: str = "ChEX (ours)", baselines: di
         note += ("Baselines: random = chance-level predictions, oracle = the ground truth (the ceiling on this data), "
                  "shuffled = this model shown another image of the split (another patient's where possible).\n")
     return "\n".join(lines) + note
+
+
+def headline_rows(results: dict[str, Any], baselines: dict[str, dict[str, Any]] | None = None) -> str:
+    """Each task's first headline metric on one aligned plain-text line (the console's closing summary; the full
+    table is ``markdown``): task, dataset, metric, n, this model, then each baseline."""
+    baselines = baselines or {}
+    rows = [["Task", "Dataset", "Metric", "n", "ChEX", *baselines]]
+    for task, (title, dataset, keys) in HEADLINE.items():
+        if task in results:
+            key, scale = keys[0], 1.0 if keys[0] in COUNTS else 100.0
+            rows.append([title, dataset, NAMES.get(key, key), str(results[task]["n"]),
+                         cell(results[task]["metrics"].get(key), scale),
+                         *(cell(b.get(task, {}).get("metrics", {}).get(key), scale) for b in baselines.values())])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+                     .rstrip() for r in rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,10 @@ def write_configs(tmp: Path, lr: float = 1e-3, metric: str = "od_vindr/mAP", swe
 
 
 def stages_of(out: str) -> dict[str, str]:
-    return {line.split()[1].rstrip(":"): line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("stage ")}
+    """Stage -> "ran" / "skipped (unchanged)" / "failed", from the display's plain lines (``[  1:02] ingest: done in
+    4.1 s · ...``)."""
+    said = {"done": "ran", "skipped (unchanged)": "skipped (unchanged)", "FAILED": "failed"}
+    return {m[0]: said[m[1]] for m in re.findall(r"^\[[^\]]+\] (\S+): (done|skipped \(unchanged\)|FAILED)", out, re.M)}
 
 
 @pytest.mark.slow
@@ -113,8 +117,12 @@ def test_pipeline_runs_skips_reruns_what_changed_and_survives_a_failure(tmp_path
     capsys.readouterr()  # artifact downloads above draw progress bars; only the failing run's output counts below
     write_configs(tmp_path, lr=5e-4, metric="od_vindr/no_such_metric")  # registration fails
     assert main(["pipeline", "run", "--config", str(config)]) == 1
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert "stage register failed" in err and err.strip().count("\n") == 0
+    log_file = re.search(r"its log: (\S+)\)", err)[1]  # the failed stage's log file, named in the error
+    assert Path(log_file) == tmp_path / "work" / "logs" / "register.log" and "no_such_metric" in Path(log_file).read_text()
+    assert stages_of(captured.out)["register"] == "failed"
     state = json.loads((tmp_path / "work" / "pipeline_state.json").read_text())
     assert state["register"]["status"] == "failed"
     assert state["evaluate"]["status"] == "succeeded" and Path(state["evaluate"]["outputs"]["results_file"]).is_file()

@@ -13,6 +13,7 @@ SUBCOMMANDS = (synth, ingest, train, evaluate, pipeline, registry, query, serve,
 
 def build_parser() -> Parser:
     parser = Parser(prog="chex", description="ChEX pipeline: synthetic data, ingestion, queries against a trained model.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs (Ray, MLflow, DeepSpeed) on the console")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for module in SUBCOMMANDS:
         module.add_parser(sub)
@@ -21,13 +22,19 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from pipelines.redact import RedactFilter
-
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactFilter())   # no credential in a URI reaches the console or a log file
-    logging.getLogger("openjpeg").setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from pipelines.console.logs import console_session
+
+    # `pipeline` has its display and log files: our info lines and every library's go there, our warnings to the
+    # console; the other commands show our info and libraries' warnings
+    levels = (logging.WARNING, None) if args.command == "pipeline" else (logging.INFO, logging.WARNING)
+    with console_session(args.verbose, *levels) as session:
+        args.session = session
+        logging.getLogger("openjpeg").setLevel(logging.WARNING)
+        return _run(args)
+
+
+def _run(args) -> int:
     from chex_model.checkpoint import CheckpointError
     from chex_model.typed_config import ConfigError
     from evaluation.meteor import MissingJavaError
@@ -41,14 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chex {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except StageFailed as exc:
-        print(f"chex {args.command}: error: {exc} (earlier stages' results are kept: rerun to continue from there)", file=sys.stderr)
+        print(f"chex {args.command}: error: {exc}; earlier stages' results are kept: rerun to continue from there",
+              file=sys.stderr)
         return 1
     except (ConfigError, CheckpointError, FileNotFoundError, MissingJavaError, RayUnavailable,
             IngestError) as exc:
         print(f"chex {args.command}: error: {exc}", file=sys.stderr)
         return 1
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

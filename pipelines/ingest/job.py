@@ -7,10 +7,13 @@ flow to a small ledger actor, so the manifest can digest the tables without read
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,15 +25,16 @@ import pyarrow.parquet as pq
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from pipelines.digests import content_digest, dataset_digest, file_digests, key_of, stat_fingerprint
+from pipelines.digests import content_digest, dataset_digest, file_digests, key_of
 from pipelines.ingest import incremental as inc
 from pipelines.ingest import manifest as mf
 from pipelines.ingest.checks import IngestError, check_missing, check_outcome, tally
 from pipelines.ingest.config import IngestConfig
-from pipelines.ingest.plan import IngestPlan, plan_records, scan_sources, source_roots
+from pipelines.ingest.plan import IngestPlan, file_fingerprints, plan_records, scan_sources, source_roots
 from pipelines.ingest.process import process_or_fail, read_reports, row_digest
 from pipelines.ingest.schema import PARTITION_COLUMNS, REJECT_SCHEMA, SCHEMA, SCHEMA_VERSION
 from pipelines.ray_runtime import init_ray
+from preprocessing.progress import Progress, report, shown
 from preprocessing.records import TABLES, RawRecord, partition
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,10 @@ class IngestLedger:
     def snapshot(self) -> tuple[dict, list[dict]]:
         return self.rows, list(self.rejects.values())
 
+    def counts(self) -> tuple[int, int]:
+        """(rows written, rejects) so far: the live progress of the job."""
+        return len(self.rows), len(self.rejects)
+
 
 def _process_batch(batch: dict[str, np.ndarray], cfg: IngestConfig, ledger: Any) -> pa.Table:
     records = [RawRecord.from_json(s) for s in batch["spec"]]
@@ -74,7 +82,7 @@ def _process_batch(batch: dict[str, np.ndarray], cfg: IngestConfig, ledger: Any)
 def _input_fingerprint(roots: dict[str, Path], files: dict[str, list[mf.RawFile]], cfg: IngestConfig,
                        code: dict[str, Any]) -> tuple[str, dict[str, str]]:
     """One fingerprint over the consumed raw files (path, size, mtime), the config, schema and code version."""
-    parts = {name: stat_fingerprint(fs, roots[name]) for name, fs in files.items()}
+    parts = file_fingerprints(roots, files)
     payload = {"schema": SCHEMA_VERSION, "config": asdict(cfg), "roots": {k: str(v) for k, v in roots.items()},
                "files": parts, "code": code}
     return key_of(payload), parts
@@ -98,22 +106,49 @@ def _key_records(plan: IngestPlan, base: str, digests: dict[str, str], previous:
     return todo, keep, kept_rows, keyed
 
 
-def _process(todo: list[tuple[str, str]], staging: Path, cfg: IngestConfig) -> tuple[dict, list[dict]]:
+def _process(todo: list[tuple[str, str]], staging: Path, cfg: IngestConfig, rejected: int = 0) -> tuple[dict, list[dict]]:
     """The Ray Data job over the records to process; returns their row digests and the workers' rejects. The ledger
-    lives on the driver's node: a lost worker node must not take the job's bookkeeping with it."""
+    lives on the driver's node: a lost worker node must not take the job's bookkeeping with it. ``rejected``: the
+    plan's own rejects, shown with the workers' in the progress."""
     ledger = IngestLedger.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
         ray.get_runtime_context().get_node_id(), soft=False)).remote()
     if todo:
         specs = pa.table({"spec": [spec for spec, _ in todo]})
         n_blocks = max(1, min(len(todo), int(ray.cluster_resources().get("CPU", 1)) * 4, len(todo) // cfg.batch_size + 1))
         size = -(-len(todo) // n_blocks)
-        (ray.data.from_arrow([specs.slice(i, size) for i in range(0, len(todo), size)])
-         .map_batches(_process_batch, batch_size=cfg.batch_size, batch_format="numpy",
-                      fn_kwargs={"cfg": cfg, "ledger": ledger})
-         .write_parquet(str(staging), partition_cols=list(PARTITION_COLUMNS)))
+        with _progress(ledger, len(todo), rejected):
+            (ray.data.from_arrow([specs.slice(i, size) for i in range(0, len(todo), size)])
+             .map_batches(_process_batch, batch_size=cfg.batch_size, batch_format="numpy",
+                          fn_kwargs={"cfg": cfg, "ledger": ledger})
+             .write_parquet(str(staging), partition_cols=list(PARTITION_COLUMNS)))
     rows, rejects = ray.get(ledger.snapshot.remote())
     ray.kill(ledger)
     return rows, rejects
+
+
+@contextlib.contextmanager
+def _progress(ledger: Any, total: int, rejected: int) -> Iterator[None]:
+    """Rows done of ``total`` with the reject count, polled from the ledger every second while the job runs."""
+    if not shown():  # nobody shows progress
+        yield
+        return
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(1.0):
+            with contextlib.suppress(Exception):
+                rows, rejects = ray.get(ledger.counts.remote(), timeout=5)
+                report(Progress("ingest", min(rows + rejects, total), total, "rows", {"rejects": rejected + rejects}))
+
+    thread = threading.Thread(target=poll, name="chex-ingest-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        rows, rejects = ray.get(ledger.counts.remote())
+        report(Progress("ingest", total, total, "rows", {"rejects": rejected + rejects}, final=True))
 
 
 def run_ingest(raw: Path, out: Path, cfg: IngestConfig, address: str | None = None, force: bool = False) -> dict[str, Any]:
@@ -138,7 +173,7 @@ def run_ingest(raw: Path, out: Path, cfg: IngestConfig, address: str | None = No
     plan.records = []  # the specs carry them from here; at full size the list is the driver's largest object
     staging = out / f".{TABLES}.staging"
     shutil.rmtree(staging, ignore_errors=True)
-    new_rows, worker_rejects = _process(todo, staging, cfg)
+    new_rows, worker_rejects = _process(todo, staging, cfg, len(plan.rejects))
     reused = inc.copy_rows(out / TABLES, staging, keep)
     rows.update(new_rows)
     all_rejects = [asdict(r) for r in plan.rejects] + worker_rejects

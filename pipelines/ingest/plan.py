@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from pipelines.digests import stat_fingerprint
 from pipelines.ingest import manifest as mf
 from pipelines.ingest.checks import MISSING, IngestError, top_reasons
 from pipelines.ingest.config import IngestConfig
@@ -178,6 +179,18 @@ def check_yield(roots: dict[str, Path], records: list[RawRecord], rejects: list[
 def scan_sources(roots: dict[str, Path]) -> dict[str, list[mf.RawFile]]:
     """The raw files each root holds that its reader consumes, stat'ed once."""
     return {name: mf.scan_files(root, SOURCE_FILES[name]) for name, root in roots.items()}
+
+
+def file_fingerprints(roots: dict[str, Path], files: dict[str, list[mf.RawFile]]) -> dict[str, str]:
+    """Per source: a fingerprint of the raw files its reader consumes (relative paths, sizes, mtimes; no reads)."""
+    return {name: stat_fingerprint(fs, roots[name]) for name, fs in files.items()}
+
+
+def raw_fingerprints(raw: Path, cfg: IngestConfig) -> dict[str, str]:
+    """:func:`file_fingerprints` of the configured roots under ``raw``: what a new, changed or removed raw file
+    changes (the pipeline's ingest stage key)."""
+    roots = source_roots(raw.resolve(), cfg)
+    return file_fingerprints(roots, scan_sources(roots))
 
 
 def plan_ingest(raw: Path, cfg: IngestConfig) -> IngestPlan:

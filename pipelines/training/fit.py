@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.tracking import code_tags, dataset_inputs
+from pipelines.training.progress import relayed
 from pipelines.training.config import StageConfig, TrainConfig
 from pipelines.training.trainer import MODEL_DIR, STATE_FILE, LoopConfig, StageTrainer, train_worker
 
@@ -54,9 +55,6 @@ def fit_stage(cfg: TrainConfig, stage: StageConfig, init_model: Path, datasets: 
     its latest registered checkpoint, so the pipeline passes the attempt of an interrupted stage to resume it, and a
     new attempt (default: the current time) to start afresh. Returns the checkpoint's path, its reported metrics and
     its loop state."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     tables = Path(cfg.data.tables)
     workdir = Path(cfg.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -71,7 +69,17 @@ def fit_stage(cfg: TrainConfig, stage: StageConfig, init_model: Path, datasets: 
         + dataset_inputs(tables, [n for n in inputs if n.endswith("/val")], "validation"),
         deepspeed=cfg.deepspeed_config() if cfg.engine == "deepspeed" else {},
     )
-    fit = TorchTrainer(
+    with relayed(run_name or stage.name, stage.steps) as loop.progress:
+        result = _trainer(cfg, stage, loop, trainer, datasets, callbacks, attempt).fit()
+    return _select(result, stage, workdir / stage.name / MODEL_DIR)
+
+
+def _trainer(cfg: TrainConfig, stage: StageConfig, loop: LoopConfig, trainer: type[StageTrainer],
+             datasets: dict[str, Any], callbacks: tuple, attempt: str | None):
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    return TorchTrainer(
         train_worker,
         train_loop_config={"loop": loop, "trainer": trainer},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
@@ -87,7 +95,6 @@ def fit_stage(cfg: TrainConfig, stage: StageConfig, init_model: Path, datasets: 
             failure_config=FailureConfig(max_failures=cfg.max_failures), callbacks=list(callbacks),
         ),
     )
-    return _select(fit.fit(), stage, workdir / stage.name / MODEL_DIR)
 
 
 def _select(result, stage: StageConfig, out: Path) -> tuple[str, dict[str, Any], dict[str, Any]]:

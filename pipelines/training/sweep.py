@@ -17,7 +17,6 @@ from chex_model.typed_config import ConfigError, from_dict, load_config, read_ya
 from evaluation.config import ALL_TASKS
 from pipelines.tracking import code_tags, default_uri
 from pipelines.training.config import StageConfig, TrainConfig, load_train_config
-from pipelines.training.trainer import GROUP_FILE
 
 KINDS = ("loguniform", "uniform", "choice")
 RANK_REPORTS = 5  # trials are ranked by the mean of their last this many validation reports
@@ -131,6 +130,8 @@ def release_leftover_groups(sweep_dir: Path) -> None:
     from ray.util import placement_group_table
     from ray.util.placement_group import PlacementGroup, get_current_placement_group, remove_placement_group
 
+    from pipelines.training.trainer import GROUP_FILE  # here: reading a sweep config must not import the model
+
     own = get_current_placement_group()
     live = {pg_id for pg_id, info in placement_group_table().items() if info["state"] == "CREATED"}
     for record in sweep_dir.glob(f"trials/*/{GROUP_FILE}"):
@@ -196,6 +197,8 @@ def _tuner(sweep: SweepConfig, train_cfg: TrainConfig, stage: StageConfig, workd
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
+    from pipelines.training.sweep_progress import SweepProgress
+
     return tune.Tuner(
         tune.with_resources(_trial, {"CPU": 0.01}),  # the trial driver only waits on its trainer's workers
         param_space={
@@ -205,14 +208,15 @@ def _tuner(sweep: SweepConfig, train_cfg: TrainConfig, stage: StageConfig, workd
         },
         tune_config=tune.TuneConfig(
             metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
-            max_concurrent_trials=sweep.max_concurrent,
-            # the generator itself must hold trials back: Tune's own limit alone let both start here
+            # the generator holds trials back (Tune's own max_concurrent_trials alone let both start here, and it
+            # is ignored, with a warning, beside a generator)
             search_alg=BasicVariantGenerator(random_state=sweep.seed, max_concurrent=sweep.max_concurrent),
             # time = validation reports; without a fixed step count (epochs) the bound is only a ceiling
             scheduler=ASHAScheduler(time_attr="training_iteration", max_t=_reports(stage),
                                     grace_period=sweep.asha.grace_period, reduction_factor=sweep.asha.reduction_factor),
         ),
-        run_config=tune.RunConfig(name=f"sweep-{sweep.stage}", storage_path=train_cfg.storage_path or str(workdir / "ray")),
+        run_config=tune.RunConfig(name=f"sweep-{sweep.stage}", storage_path=train_cfg.storage_path or str(workdir / "ray"),
+                                  callbacks=[SweepProgress("sweep", sweep.num_samples, sweep.metric, sweep.mode)]),
     )
 
 

@@ -19,6 +19,7 @@ from chex_model.chex import ANCHOR, ChEX
 from chex_model.image_encoder import normalize
 from chex_model.multitask import Batch
 from chex_model.precision import training_autocast
+from pipelines.training.progress import Sender
 from pipelines.tracking import Tracking, flatten, log_dataset
 from pipelines.training.collate import collate
 from pipelines.training.config import DataConfig, StageConfig, TrainConfig
@@ -159,6 +160,7 @@ class LoopConfig:
     inputs: list[dict[str, Any]] = field(default_factory=list)  # dataset specs logged as MLflow inputs
     deepspeed: dict[str, Any] = field(default_factory=dict)
     t0: float = 0.0  # when the driver called fit(): the time to the first step counts from here
+    progress: Any = None  # a Ray queue to the driver's display (pipelines/training/progress.py), or None
 
 
 class StageTrainer:
@@ -193,6 +195,7 @@ class StageTrainer:
         self.mlflow: Any = None
         self.sums: dict[str, float] = {}
         self.counts: dict[str, int] = {}
+        self.send = Sender(loop.progress if self.rank == 0 else None, self.stage.steps)
 
     def build(self) -> torch.nn.Module:
         """The module to train, on ``self.device``, with exactly the trained parameters requiring gradients."""
@@ -319,6 +322,7 @@ class StageTrainer:
         self.sums, self.counts = {}, {}
         if self.rank == 0:
             self.mlflow.log_metrics(metrics, step=step)
+            self.send(step, metrics["loss"], self.perf.samples_per_s(step))
         if step % self.stage.val_every == 0 or step >= self.stage.steps:
             metrics.update({**self.perf.metrics(step, self.device), "step": step})
             with self.perf.pause():
@@ -404,11 +408,15 @@ class _Perf:
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
         out = {"perf/time_to_first_step_s": self.to_first, "perf/peak_rss_mb": peak.item()}
-        elapsed = time.time() - self.first - self.paused
-        if step > self.first_step and elapsed > 0:
-            out["perf/steps_per_s"] = (step - self.first_step) / elapsed
-            out["perf/samples_per_s"] = out["perf/steps_per_s"] * self.batch_size
+        rate = self.samples_per_s(step)
+        if rate is not None:
+            out["perf/steps_per_s"], out["perf/samples_per_s"] = rate / self.batch_size, rate
         return out
+
+    def samples_per_s(self, step: int) -> float | None:
+        """Samples per second over the steps after the first (validation and checkpoints excluded)."""
+        elapsed = time.time() - self.first - self.paused if self.first is not None else 0.0
+        return (step - self.first_step) * self.batch_size / elapsed if step > self.first_step and elapsed > 0 else None
 
 
 class _ValCache:

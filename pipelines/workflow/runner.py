@@ -8,13 +8,16 @@ training stage resumes from its last registered checkpoint, in the same MLflow r
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from chex_model.typed_config import ConfigError, from_dict, load_config
+from pipelines.console.logs import Session, log_name
 from pipelines.tracking import Tracking
 from pipelines.training.config import StageConfig
 from pipelines.workflow.config import PipelineConfig
@@ -33,6 +36,7 @@ from pipelines.workflow.stages import (
 from pipelines.workflow.state import PipelineState, StageFailed, attempt_of
 
 log = logging.getLogger(__name__)
+LOG_DIR = "logs"  # <workdir>/logs/<stage>.log: each stage's library output (Ray, MLflow, DeepSpeed, workers)
 
 
 @dataclass
@@ -126,13 +130,10 @@ class Pipeline:
         for k in self.own_backbones:
             setattr(self.train_cfg, f"{k}_dir", up[f"{k}_pretrain"]["model_dir"])
 
-    def run(self, from_stage: str | None = None, only: str | None = None, address: str | None = None) -> list[StageRecord]:
-        import mlflow
-
-        from pipelines.ray_runtime import init_ray
-        from pipelines.redact import redact
-        from pipelines.tracking import code_tags, flatten
-
+    def run(self, from_stage: str | None = None, only: str | None = None, address: str | None = None,
+            session: Session | None = None) -> list[StageRecord]:
+        """Run the stages; with a console ``session``, each stage's library output goes to ``logs/<stage>.log`` and
+        its progress to the session's display."""
         names = self.stage_names
         for s in (from_stage, only):
             if s is not None and s not in names:
@@ -144,46 +145,94 @@ class Pipeline:
             self.eval_cfg.preflight()  # e.g. the CheXbert files: one line now, not after the training stages
         self.workdir.mkdir(parents=True, exist_ok=True)
         forced = set(names[names.index(from_stage):]) if from_stage else set()
-        init_ray(address)
+        runs = _Runs(self, session, forced, only)
+        import ray
+
+        with runs.log("pipeline"):
+            ours = not ray.is_initialized()
+            try:
+                return self._run_all(runs, address, self.stages[: names.index(only) + 1] if only else self.stages)
+            finally:
+                if ours:  # workers' last lines land in the log, not on the console after the summary
+                    ray.shutdown()
+
+    def _run_all(self, runs: _Runs, address: str | None, stages: list[Stage]) -> list[StageRecord]:
+        import mlflow
+        import ray.data
+
+        from pipelines.ray_runtime import init_ray
+        from pipelines.redact import redact
+        from pipelines.tracking import code_tags, flatten
+
+        init_ray(address, log_to_driver=True)  # workers' output reaches the stage's log file through the driver
+        ray.data.DataContext.get_current().enable_progress_bars = False  # the run's display shows progress
         exp = Tracking(self.cfg.tracking(), self.cfg.experiment).activate()  # nested stage runs land in it too
         with mlflow.start_run(experiment_id=exp, run_name="pipeline", tags=code_tags()) as parent:
             (self.workdir / "resolved_config.json").write_text(json.dumps(redact(self.resolved()), indent=2, default=str))
             mlflow.log_artifact(str(self.workdir / "resolved_config.json"))
             mlflow.log_params(flatten({"pipeline": asdict(self.cfg)}))
             ctx = Context(self, {}, parent.info.run_id, address)
-            stages = self.stages[: names.index(only) + 1] if only else self.stages
-            records = [self._run_or_skip(stage, ctx, PipelineState(self.workdir), forced, only) for stage in stages]
+            records = [runs.run_or_skip(stage, ctx, PipelineState(self.workdir)) for stage in stages]
             mlflow.set_tags({f"stage.{r.name}": "skipped" if r.skipped else "ran" for r in records})
         return records
 
-    def _run_or_skip(self, stage: Stage, ctx: Context, state: PipelineState, forced: set[str],
-                     only: str | None) -> StageRecord:
-        """Reuse the stage's last result when its key and outputs still hold, else run it and record the result."""
-        import mlflow
 
+class _Runs:
+    """Running or skipping each stage of one ``Pipeline.run``: the state file, the display and the log files."""
+
+    def __init__(self, pipeline: Pipeline, session: Session | None, forced: set[str], only: str | None) -> None:
+        from pipelines.ingest.manifest import code_version
+
+        self.pipeline, self.session, self.forced, self.only = pipeline, session, forced, only
+        self.logs = pipeline.workdir / LOG_DIR
+        self.code = code_version(Path(__file__).resolve().parents[2])
+
+    def log(self, name: str):
+        return self.session.log_to(self.logs / log_name(name)) if self.session else contextlib.nullcontext()
+
+    def show(self, name: str, state: str, note: str = "") -> None:
+        if self.session is not None:
+            (self.session.display.stage_started(name) if state == "running" else
+             self.session.display.stage_finished(name, state, note))
+
+    def run_or_skip(self, stage: Stage, ctx: Context, state: PipelineState) -> StageRecord:
+        """Reuse the stage's last result when its key and outputs still hold, else run it and record the result."""
         key, inputs = stage.key(ctx)
         prev = state.get(stage.name)
         reusable = prev.get("key") == key and prev.get("status") == "succeeded" and stage.outputs_exist(prev.get("outputs", {}))
-        if (only and stage.name != only) or (reusable and stage.name not in forced):
+        if (self.only and stage.name != self.only) or (reusable and stage.name not in self.forced):
             if not reusable:
-                raise ConfigError(f"--only {only}: stage {stage.name} has no up-to-date result to build on; run it first")
+                raise ConfigError(f"--only {self.only}: stage {stage.name} has no up-to-date result to build on; run it first")
             ctx.upstream[stage.name] = prev["outputs"]
             log.info("stage %s: unchanged, skipped", stage.name)
+            self.show(stage.name, "skipped")
             return StageRecord(stage.name, key, prev["outputs"], True)
-        attempt = attempt_of(prev, key, stage.name in forced)
+        attempt = attempt_of(prev, key, stage.name in self.forced)
         if attempt == prev.get("attempt"):
             log.info("stage %s: continuing its %s attempt %s (--from %s starts it afresh)", stage.name,
                      "interrupted" if prev["status"] == "running" else "failed", attempt, stage.name)
-        else:
-            log.info("stage %s: running", stage.name)
-        state.set(stage.name, key=key, status="running", inputs=inputs, attempt=attempt)
+        entry = {"key": key, "inputs": inputs, "attempt": attempt, "log": f"{LOG_DIR}/{log_name(stage.name)}"}
+        state.set(stage.name, status="running", **entry)
+        self.show(stage.name, "running")
+        t0 = time.monotonic()
         try:
-            outputs = stage.run(replace(ctx, attempt=attempt))
+            with self.log(stage.name):
+                log.info("stage %s: running (attempt %s)", stage.name, attempt)
+                try:
+                    outputs = stage.run(replace(ctx, attempt=attempt))
+                except Exception:  # the traceback for the log file; the console gets the one-line error
+                    log.exception("stage %s failed", stage.name, extra={"console": False})
+                    raise
         except Exception as exc:
-            state.set(stage.name, key=key, status="failed", inputs=inputs, attempt=attempt,
-                      error=f"{type(exc).__name__}: {exc}")
+            import mlflow
+
+            state.set(stage.name, status="failed", error=f"{type(exc).__name__}: {exc}", **entry)
             mlflow.set_tag("failed_stage", stage.name)
-            raise StageFailed(stage.name, exc) from exc
-        state.set(stage.name, key=key, status="succeeded", inputs=inputs, attempt=attempt, outputs=outputs)
+            self.show(stage.name, "failed")
+            raise StageFailed(stage.name, exc, str(self.pipeline.workdir / entry["log"])) from exc
+        state.set(stage.name, status="succeeded", outputs=outputs, code=self.code, pipeline_run=ctx.parent_run_id,
+                  finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  seconds=round(time.monotonic() - t0, 1), **entry)
         ctx.upstream[stage.name] = outputs
+        self.show(stage.name, "done", stage.summary(outputs))
         return StageRecord(stage.name, key, outputs, False)

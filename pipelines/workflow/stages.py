@@ -12,14 +12,16 @@ import shutil
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from evaluation.config import EvalConfig
 from pipelines.digests import file_sha256, key_of
 from pipelines.ingest.config import IngestConfig
 from pipelines.training.config import StageConfig, TrainConfig
-from pipelines.training.sweep import SweepConfig
 from pipelines.workflow.config import PipelineConfig
+
+if TYPE_CHECKING:  # annotations only: `chex pipeline status` should not pay for torch and the trainer
+    from evaluation.config import EvalConfig
+    from pipelines.training.sweep import SweepConfig
 
 
 class PipelineView(Protocol):
@@ -72,6 +74,10 @@ class Stage(ABC):
 
     def outputs_exist(self, outputs: dict[str, Any]) -> bool:
         return all(k in outputs and Path(outputs[k]).exists() for k in self.paths)
+
+    def summary(self, outputs: dict[str, Any]) -> str:
+        """What the display's line for the finished stage says beyond its progress (empty: the progress says it)."""
+        return ""
 
 
 def _training_globals(ctx: Context) -> dict[str, Any]:
@@ -134,8 +140,11 @@ class IngestStage(Stage):
         return Path(synth["raw_dir"]) if synth else Path(ctx.pipeline.cfg.raw).resolve()
 
     def inputs(self, ctx: Context) -> dict[str, Any]:
-        return {"ingest": asdict(ctx.pipeline.ingest_cfg), "raw": str(self._raw(ctx)),
-                "synth": ctx.upstream.get("synth", {}).get("key")}
+        from pipelines.ingest.plan import raw_fingerprints
+
+        raw = self._raw(ctx)  # a new, changed or removed raw file changes the key (paths, sizes, mtimes; no reads)
+        return {"ingest": asdict(ctx.pipeline.ingest_cfg), "raw": str(raw), "synth": ctx.upstream.get("synth", {}).get("key"),
+                "raw_files": raw_fingerprints(raw, ctx.pipeline.ingest_cfg)}
 
     def run(self, ctx: Context) -> dict[str, Any]:
         import mlflow
@@ -222,6 +231,11 @@ class EvaluateStage(Stage):
                 "run_id": payload["mlflow_run_id"], "key": key_of(payload["tasks"], model["weights_sha256"]),
                 **self._showcase(ctx, tables, Path(model["model_dir"]), out, payload["mlflow_run_id"])}
 
+    def summary(self, outputs: dict[str, Any]) -> str:
+        results = json.loads(Path(outputs["results_file"]).read_text())
+        baselines = list(results.get("baselines") or {})
+        return f"{len(results['tasks'])} tasks" + (f", beside {', '.join(baselines)}" if baselines else "")
+
     @staticmethod
     def _showcase(ctx: Context, tables: Path, model_dir: Path, out: Path, run_id: str) -> dict[str, str]:
         """Abnormal test images with their grounded reports and free-text prompts answered (pipelines/showcase.py),
@@ -260,6 +274,9 @@ class RegisterStage(Stage):
             reg = register(Path(ctx.upstream[ctx.pipeline.last_train]["model_dir"]), settings.name, settings.metric, value,
                            ctx.upstream["evaluate"]["run_id"], settings.higher_is_better)
         return {"name": reg.name, "version": reg.version, "aliases": reg.aliases, "champion": reg.champion_version}
+
+    def summary(self, outputs: dict[str, Any]) -> str:
+        return f"{outputs['name']} v{outputs['version']} ({', '.join(outputs['aliases'])})"
 
 
 class DeployStage(Stage):

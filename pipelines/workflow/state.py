@@ -43,6 +43,7 @@ def attempt_of(prev: dict[str, Any], key: str, forced: bool) -> str:
 class StageFailed(RuntimeError):
     """A stage raised: the run stops, and every earlier stage's outputs and state stay in place."""
 
-    def __init__(self, stage: str, exc: BaseException) -> None:
-        super().__init__(f"stage {stage} failed: {type(exc).__name__}: {exc}")
-        self.stage = stage
+    def __init__(self, stage: str, exc: BaseException, log_file: str = "") -> None:
+        where = f" (its log: {log_file})" if log_file else ""
+        super().__init__(f"stage {stage} failed: {type(exc).__name__}: {exc}{where}")
+        self.stage, self.log_file = stage, log_file

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from preprocessing.progress import track
 from preprocessing.synth import write_imagenome, write_mimic, write_mscxr, write_nih, write_vindr
 from preprocessing.synth.phantom import render_frontal
 from preprocessing.synth.truth import StudyTruth, sample_studies
@@ -98,7 +99,7 @@ def render_all(out: Path, studies: list[StudyTruth], vindr: list[write_vindr.Vin
             + [(write_vindr.render_dicom, (write_vindr.image_path(out, im), im)) for im in vindr]
             + [(_render_nih, (write_nih.image_path(out, im), im)) for im in nih])
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-        results = list(pool.map(_call, jobs, chunksize=1))
+        results = list(track(pool.map(_call, jobs, chunksize=1), "synth", total=len(jobs), unit="images"))
     mimic_boxes = {im.dicom_id: r for (_, im, _), r in zip(mimic_jobs, results) if r is not None}
     vindr_boxes = {im.image_id: r for im, r in zip(vindr, results[len(mimic_jobs):len(mimic_jobs) + len(vindr)])}
     nih_boxes = {im.index: r for im, r in zip(nih, results[len(mimic_jobs) + len(vindr):])}

@@ -1,0 +1,1 @@
+"""The console of a run: the progress display, quiet logging and per-stage log files."""
