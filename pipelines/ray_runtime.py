@@ -127,3 +127,15 @@ def _init(ray, target: str | None, init_kwargs: dict) -> None:
             ray.init(address=target, **{"log_to_driver": False, **init_kwargs})
         except ConnectionError as exc:
             raise RayUnavailable(f"cannot join the Ray cluster at {target}: {exc}") from exc
+
+
+def data_bars_off_terminal() -> None:
+    """Ray Data draws no bars on a terminal, where the command's own display draws (Ray says so once); elsewhere (a
+    pipeline stage's log file, CI) it logs its progress, which a pipeline keeps in the stage's log file."""
+    import sys
+
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = not sys.stdout.isatty()
+    ctx.use_ray_tqdm = False  # actors executing a dataset (a split coordinator) log too, not draw on the driver

@@ -61,7 +61,7 @@ def test_console_shows_progress_and_no_internals_which_land_in_the_stage_logs(ti
     logs = config.parent / "work" / "logs"
     assert {p.name for p in logs.iterdir()} == {"pipeline.log", "synth.log", "ingest.log", "train-detection.log",
                                                  "evaluate.log", "register.log"}
-    assert re.search(r"ray\.data.*Starting execution of Dataset", (logs / "ingest.log").read_text())
+    assert "Starting execution of Dataset" in (logs / "ingest.log").read_text()  # Ray Data's own log of the job
     train_log = (logs / "train-detection.log").read_text()
     assert re.search(r"\((RayTrainWorker|SplitCoordinator|TrainController)[^)]*pid=\d+", train_log)  # workers' output
     assert "Started a local Ray instance" in (logs / "pipeline.log").read_text()

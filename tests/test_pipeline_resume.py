@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from test_faults_cluster import end_session
+from test_pipeline import stages_of
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 48  # the training stage (~0.2 s a step here): room to stop it twice, at checkpoints, well before its end
@@ -109,8 +110,9 @@ def test_a_killed_pipeline_resumes_its_training_stage_from_the_last_checkpoint(t
     proc = start(config, log)
     assert proc.wait(timeout=300) == 0, log.read_text()[-4000:]
     out = log.read_text()
-    assert "stage synth: skipped (unchanged)" in out and "stage ingest: skipped (unchanged)" in out
-    assert "stage train:detection: ran" in out and "stage register: ran" in out
+    said = stages_of(out)
+    assert said["synth"] == said["ingest"] == "skipped (unchanged)"
+    assert said["train:detection"] == said["register"] == "ran"
 
     state = json.loads(state_file.read_text())
     assert {s["status"] for s in state.values()} == {"succeeded"}

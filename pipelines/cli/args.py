@@ -1,9 +1,14 @@
-"""What every subcommand shares: the one-line argument parser, UsageError, and argument types."""
+"""What every subcommand shares: the one-line argument parser, UsageError, argument types, and where to look at
+the runs."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import NoReturn
+from urllib.parse import urlsplit
+
+from pipelines.redact import redact_uri
 
 
 class Parser(argparse.ArgumentParser):
@@ -48,3 +53,13 @@ def add_ray_address(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None, help="Ray cluster: host:port, ray://host:port, 'auto' (the one `ray start` "
                    "ran here) or 'local' (a private instance); default: $RAY_ADDRESS, else a running local cluster, "
                    "else a private instance")
+
+
+def tracking_hint(uri: str) -> str:
+    """Where to look at the runs: the server's own URL for a remote store (credentials stripped), `mlflow ui` only
+    for a local one (a SQLite file or a folder)."""
+    if urlsplit(uri).scheme in ("http", "https", "databricks"):
+        return f"MLflow: open {redact_uri(uri)} (sign in with your tracking-server user)"
+    venv_mlflow = Path(sys.executable).parent / "mlflow"
+    ui = f"{venv_mlflow if venv_mlflow.is_file() else 'mlflow'} ui --backend-store-uri {redact_uri(uri)}"
+    return f"MLflow UI (then open http://127.0.0.1:5000): {ui}"

@@ -6,9 +6,8 @@ import json
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from pipelines.cli.args import Parser, add_ray_address, existing
+from pipelines.cli.args import Parser, add_ray_address, existing, tracking_hint
 from pipelines.cli.pipeline_status import add_status_parser
 from pipelines.redact import redact_uri
 
@@ -88,13 +87,3 @@ def _shown(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
-
-
-def tracking_hint(uri: str) -> str:
-    """Where to look at the runs: the server's own URL for a remote store (credentials stripped), `mlflow ui` only
-    for a local one (a SQLite file or a folder)."""
-    if urlsplit(uri).scheme in ("http", "https", "databricks"):
-        return f"MLflow: open {redact_uri(uri)} (sign in with your tracking-server user)"
-    venv_mlflow = Path(sys.executable).parent / "mlflow"
-    ui = f"{venv_mlflow if venv_mlflow.is_file() else 'mlflow'} ui --backend-store-uri {redact_uri(uri)}"
-    return f"MLflow UI (then open http://127.0.0.1:5000): {ui}"

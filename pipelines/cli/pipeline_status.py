@@ -37,7 +37,7 @@ def show_status(args: argparse.Namespace) -> None:
 def status_table(stages: list, tracking_uri: str) -> str:
     """stage | state | why, aligned, a stage's further reasons on lines of their own under its first; then where the
     runs are and how many stages would run."""
-    from pipelines.cli.pipeline import tracking_hint
+    from pipelines.cli.args import tracking_hint
 
     rows = [(s.name, s.state, s.reasons if s.would_run else s.notes) for s in stages]
     w_name = max([len("stage")] + [len(r[0]) for r in rows])

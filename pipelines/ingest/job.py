@@ -33,7 +33,7 @@ from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.plan import IngestPlan, file_fingerprints, plan_records, scan_sources, source_roots
 from pipelines.ingest.process import process_or_fail, read_reports, row_digest
 from pipelines.ingest.schema import PARTITION_COLUMNS, REJECT_SCHEMA, SCHEMA, SCHEMA_VERSION
-from pipelines.ray_runtime import init_ray
+from pipelines.ray_runtime import data_bars_off_terminal, init_ray
 from preprocessing.progress import Progress, report, shown
 from preprocessing.records import TABLES, RawRecord, partition
 
@@ -113,6 +113,7 @@ def _process(todo: list[tuple[str, str]], staging: Path, cfg: IngestConfig, reje
     ledger = IngestLedger.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
         ray.get_runtime_context().get_node_id(), soft=False)).remote()
     if todo:
+        data_bars_off_terminal()
         specs = pa.table({"spec": [spec for spec, _ in todo]})
         n_blocks = max(1, min(len(todo), int(ray.cluster_resources().get("CPU", 1)) * 4, len(todo) // cfg.batch_size + 1))
         size = -(-len(todo) // n_blocks)

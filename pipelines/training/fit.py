@@ -29,15 +29,16 @@ class StageResult:
 
 @contextlib.contextmanager
 def quiet_data(cfg: TrainConfig) -> Iterator[None]:
-    """Ray up, and Ray Data without progress bars (Ray Train reports progress), in the order the run asks for."""
+    """Ray up, and Ray Data in the order the run asks for. Its bars stay off a terminal, where the run's own display
+    draws; elsewhere (a pipeline's stage log, a log file) Ray Data logs its progress instead of drawing it."""
     import ray.data
 
-    from pipelines.ray_runtime import init_ray
+    from pipelines.ray_runtime import data_bars_off_terminal, init_ray
 
     init_ray(None)
     ctx = ray.data.DataContext.get_current()
     saved = ctx.enable_progress_bars, ctx.execution_options.preserve_order
-    ctx.enable_progress_bars = False
+    data_bars_off_terminal()
     ctx.execution_options.preserve_order = cfg.data.reproducible  # also for the rows cached here on the driver
     try:
         yield

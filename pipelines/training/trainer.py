@@ -255,7 +255,7 @@ class StageTrainer:
 
         self.resume()
         self.start_tracking()
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        ray.data.DataContext.get_current().use_ray_tqdm = False  # Ray Data logs its progress here (the stage log)
         shard = ray.train.get_dataset_shard("train")
         self.val = _ValCache(ray.train.get_dataset_shard("val"), self.cfg.micro_batch) if self.rank == 0 else None
         self.perf = _Perf(self.loop.t0 or time.time(), self.cfg.batch_size)

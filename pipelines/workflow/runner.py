@@ -158,14 +158,12 @@ class Pipeline:
 
     def _run_all(self, runs: _Runs, address: str | None, stages: list[Stage]) -> list[StageRecord]:
         import mlflow
-        import ray.data
 
         from pipelines.ray_runtime import init_ray
         from pipelines.redact import redact
         from pipelines.tracking import code_tags, flatten
 
         init_ray(address, log_to_driver=True)  # workers' output reaches the stage's log file through the driver
-        ray.data.DataContext.get_current().enable_progress_bars = False  # the run's display shows progress
         exp = Tracking(self.cfg.tracking(), self.cfg.experiment).activate()  # nested stage runs land in it too
         with mlflow.start_run(experiment_id=exp, run_name="pipeline", tags=code_tags()) as parent:
             (self.workdir / "resolved_config.json").write_text(json.dumps(redact(self.resolved()), indent=2, default=str))

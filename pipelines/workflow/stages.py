@@ -234,7 +234,8 @@ class EvaluateStage(Stage):
     def summary(self, outputs: dict[str, Any]) -> str:
         results = json.loads(Path(outputs["results_file"]).read_text())
         baselines = list(results.get("baselines") or {})
-        return f"{len(results['tasks'])} tasks" + (f", beside {', '.join(baselines)}" if baselines else "")
+        n = len(results["tasks"])
+        return f"{n} task{'s' * (n != 1)}" + (f", beside {', '.join(baselines)}" if baselines else "")
 
     @staticmethod
     def _showcase(ctx: Context, tables: Path, model_dir: Path, out: Path, run_id: str) -> dict[str, str]:
