@@ -134,6 +134,8 @@ class Pipeline:
             session: Session | None = None) -> list[StageRecord]:
         """Run the stages; with a console ``session``, each stage's library output goes to ``logs/<stage>.log`` and
         its progress to the session's display."""
+        import ray
+
         names = self.stage_names
         for s in (from_stage, only):
             if s is not None and s not in names:
@@ -145,9 +147,7 @@ class Pipeline:
             self.eval_cfg.preflight()  # e.g. the CheXbert files: one line now, not after the training stages
         self.workdir.mkdir(parents=True, exist_ok=True)
         forced = set(names[names.index(from_stage):]) if from_stage else set()
-        runs = _Runs(self, session, forced, only)
-        import ray
-
+        runs = _Runs(self, session, forced, only, address)
         with runs.log("pipeline"):
             ours = not ray.is_initialized()
             try:
@@ -159,11 +159,9 @@ class Pipeline:
     def _run_all(self, runs: _Runs, address: str | None, stages: list[Stage]) -> list[StageRecord]:
         import mlflow
 
-        from pipelines.ray_runtime import init_ray
         from pipelines.redact import redact
         from pipelines.tracking import code_tags, flatten
 
-        init_ray(address, log_to_driver=True)  # workers' output reaches the stage's log file through the driver
         exp = Tracking(self.cfg.tracking(), self.cfg.experiment).activate()  # nested stage runs land in it too
         with mlflow.start_run(experiment_id=exp, run_name="pipeline", tags=code_tags()) as parent:
             (self.workdir / "resolved_config.json").write_text(json.dumps(redact(self.resolved()), indent=2, default=str))
@@ -178,12 +176,21 @@ class Pipeline:
 class _Runs:
     """Running or skipping each stage of one ``Pipeline.run``: the state file, the display and the log files."""
 
-    def __init__(self, pipeline: Pipeline, session: Session | None, forced: set[str], only: str | None) -> None:
+    def __init__(self, pipeline: Pipeline, session: Session | None, forced: set[str], only: str | None,
+                 address: str | None) -> None:
         from pipelines.ingest.manifest import code_version
 
         self.pipeline, self.session, self.forced, self.only = pipeline, session, forced, only
         self.logs = pipeline.workdir / LOG_DIR
         self.code = code_version(Path(__file__).resolve().parents[2])
+        self.address = address
+
+    def ray(self) -> None:
+        """Ray up before the first stage that runs (a run that reuses every stage starts none); workers' output
+        reaches the stage's log file through the driver."""
+        from pipelines.ray_runtime import init_ray
+
+        init_ray(self.address, log_to_driver=True)
 
     def log(self, name: str):
         return self.session.log_to(self.logs / log_name(name)) if self.session else contextlib.nullcontext()
@@ -210,6 +217,7 @@ class _Runs:
             log.info("stage %s: continuing its %s attempt %s (--from %s starts it afresh)", stage.name,
                      "interrupted" if prev["status"] == "running" else "failed", attempt, stage.name)
         entry = {"key": key, "inputs": inputs, "attempt": attempt, "log": f"{LOG_DIR}/{log_name(stage.name)}"}
+        self.ray()
         state.set(stage.name, status="running", **entry)
         self.show(stage.name, "running")
         t0 = time.monotonic()
